@@ -1,0 +1,1 @@
+"""Replica clients, one module per storage backend."""

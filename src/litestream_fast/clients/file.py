@@ -1,0 +1,155 @@
+"""Directory replica: the v0.3 layout on a local (or mounted) filesystem.
+
+Every object is written to ``<name>.tmp``, fsynced, renamed into place, and its directory
+fsynced, so a crash leaves either the whole object or nothing (plus a stray ``.tmp`` that
+listings ignore). An object's time is its file mtime, as in Litestream.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import datetime, timezone
+from typing import BinaryIO
+
+from litestream_fast import naming
+from litestream_fast.errors import ObjectNotFound, ReplicaError
+from litestream_fast.pos import Pos, SnapshotInfo, WALSegmentInfo
+from litestream_fast.replica_client import Payload, iter_payload
+
+
+def _mtime(st: os.stat_result) -> datetime:
+    return datetime.fromtimestamp(st.st_mtime_ns / 1e9, tz=timezone.utc)
+
+
+def fsync_dir(path: str) -> None:
+    """fsync_dir makes a rename or create in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: str, data: Payload) -> int:
+    """atomic_write writes ``data`` to ``path`` via temp + fsync + rename + dir fsync.
+
+    Returns the number of bytes written.
+    """
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    n = 0
+    try:
+        with open(tmp, "wb") as f:
+            for chunk in iter_payload(data):
+                f.write(chunk)
+                n += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_dir(directory)
+    return n
+
+
+class FileReplicaClient:
+    """FileReplicaClient stores a replica under a directory ``root``."""
+
+    type = "file"
+
+    def __init__(self, root: str) -> None:
+        self.root = os.path.abspath(os.path.expanduser(root))
+
+    def describe(self) -> str:
+        return self.root
+
+    def object_key(self, generation: str, index: int, offset: int | None = None) -> str:
+        if offset is None:
+            return naming.snapshot_path(self.root, generation, index)
+        return naming.wal_segment_path(self.root, generation, index, offset)
+
+    def generations(self) -> list[str]:
+        try:
+            names = os.listdir(naming.generations_dir(self.root))
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise ReplicaError(f"list generations in {self.root}: {exc}") from exc
+        return sorted(n for n in names if naming.is_generation(n))
+
+    def delete_generation(self, generation: str) -> None:
+        shutil.rmtree(naming.generation_dir(self.root, generation), ignore_errors=True)
+
+    def _list(self, directory: str) -> list[tuple[str, os.stat_result]]:
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:
+            return []
+        out = []
+        for e in entries:
+            try:
+                out.append((e.name, e.stat()))
+            except FileNotFoundError:  # deleted by retention between list and stat
+                continue
+        return out
+
+    def snapshots(self, generation: str) -> list[SnapshotInfo]:
+        out = []
+        for name, st in self._list(naming.snapshots_dir(self.root, generation)):
+            index = naming.parse_snapshot_name(name)
+            if index is not None:
+                out.append(SnapshotInfo(generation, index, st.st_size, _mtime(st)))
+        out.sort(key=lambda s: s.index)
+        return out
+
+    def write_snapshot(self, generation: str, index: int, data: Payload) -> SnapshotInfo:
+        path = naming.snapshot_path(self.root, generation, index)
+        n = atomic_write(path, data)
+        return SnapshotInfo(generation, index, n, _mtime(os.stat(path)))
+
+    def delete_snapshot(self, generation: str, index: int) -> None:
+        try:
+            os.unlink(naming.snapshot_path(self.root, generation, index))
+        except FileNotFoundError:
+            pass
+
+    def snapshot_reader(self, generation: str, index: int) -> BinaryIO:
+        path = naming.snapshot_path(self.root, generation, index)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(path) from None
+
+    def wal_segments(self, generation: str) -> list[WALSegmentInfo]:
+        out = []
+        for name, st in self._list(naming.wal_dir(self.root, generation)):
+            parsed = naming.parse_wal_segment_name(name)
+            if parsed is not None:
+                out.append(WALSegmentInfo(generation, parsed[0], parsed[1], st.st_size, _mtime(st)))
+        out.sort(key=lambda s: (s.index, s.offset))
+        return out
+
+    def write_wal_segment(self, pos: Pos, data: Payload) -> WALSegmentInfo:
+        path = naming.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+        n = atomic_write(path, data)
+        return WALSegmentInfo(pos.generation, pos.index, pos.offset, n, _mtime(os.stat(path)))
+
+    def delete_wal_segments(self, positions: list[Pos]) -> None:
+        for p in positions:
+            try:
+                os.unlink(naming.wal_segment_path(self.root, p.generation, p.index, p.offset))
+            except FileNotFoundError:
+                pass
+
+    def wal_segment_reader(self, pos: Pos) -> BinaryIO:
+        path = naming.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise ObjectNotFound(path) from None
