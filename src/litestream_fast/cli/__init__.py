@@ -46,10 +46,11 @@ def version() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    from litestream_fast.cli import commands  # noqa: F401  (registers the commands)
-
     cli.main(prog_name="litestream-fast", standalone_mode=True)
 
+
+# Register every command on the group (each module does ``@cli.command()``).
+from litestream_fast.cli import commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,670 @@
+"""One replicated SQLite database: its connections, shadow WAL, generations and checkpoints.
+
+How it stays correct (see ../shared/reference/litestream-spec.md §1 and §4.4):
+
+* SQLite is reached only through apsw (bundling SQLite >= 3.51.3, free of the WAL-reset
+  bug). Three connections, each with PERSIST_WAL and ``wal_autocheckpoint=0``: ``_read``
+  holds a long-running read transaction so no other process can restart the WAL past
+  frames we have not copied; ``_conn`` writes the helper tables and takes the write
+  barrier; ``_ckpt`` runs checkpoints. A long-lived read-only descriptor on the database
+  file serves snapshots and is never closed while SQLite holds locks (closing any
+  descriptor of a file drops the process's POSIX locks on it). ``-shm`` is never touched.
+* Every sync reads the live WAL with ``pread`` into a reusable buffer, validates salts and
+  cumulative checksums with the compiled core, and appends only whole committed
+  transactions to the shadow WAL. We read rather than mmap the live WAL on purpose: a
+  TRUNCATE checkpoint by another process shrinks the file, and touching an mmap past the
+  new end kills the process with SIGBUS; a read just returns fewer bytes.
+* Any discontinuity starts a new generation, and the reason is logged: no generation, WAL
+  truncated or overwritten by another process, header mismatch, more than one WAL restart
+  between two syncs (checkpoint sequence jumped), page size changed, shadow WAL missing
+  or short, database file replaced.
+* Checkpoints follow Litestream v0.5: PASSIVE past ``min-checkpoint-page-count`` pages or
+  every ``checkpoint-interval``, TRUNCATE only past ``truncate-page-n``, never RESTART.
+  Each is sealed by a write barrier (``BEGIN IMMEDIATE``) so every frame is copied before
+  SQLite may restart the WAL; a restart continues the generation at the next index.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+
+import apsw
+
+from litestream_fast import naming, shadow, wal
+from litestream_fast.errors import DatabaseError, InvalidWALHeader, SQLiteTooOld
+from litestream_fast.pos import Pos
+
+log = logging.getLogger("litestream_fast.db")
+
+MIN_SQLITE_VERSION = (3, 51, 3)
+COPY_CHUNK = 8 << 20
+
+
+def check_sqlite_version(version: str | None = None) -> None:
+    """check_sqlite_version refuses SQLite older than 3.51.3 (WAL-reset corruption bug)."""
+    version = version or apsw.sqlite_lib_version()
+    parts = tuple(int(p) for p in version.split(".")[:3])
+    if parts < MIN_SQLITE_VERSION:
+        raise SQLiteTooOld(
+            f"SQLite {version} is too old: versions before 3.51.3 can corrupt a database "
+            "when the WAL is reset; upgrade apsw (pip install -U apsw)"
+        )
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one sync did: whether frames were copied and whether a new generation began."""
+
+    changed: bool
+    new_generation_reason: str | None = None
+
+
+class DB:
+    """DB replicates one SQLite database into its shadow WAL and decides checkpoints."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        meta_path: str | None = None,
+        monitor_interval: float = 1.0,
+        checkpoint_interval: float = 60.0,
+        min_checkpoint_page_count: int = 1000,
+        truncate_page_n: int = 121359,
+        busy_timeout: float = 1.0,
+    ) -> None:
+        self.path = os.path.abspath(path)
+        self.wal_path = self.path + "-wal"
+        self.meta_path = meta_path or shadow.meta_dir_for(self.path)
+        self.monitor_interval = monitor_interval
+        self.checkpoint_interval = checkpoint_interval
+        self.min_checkpoint_page_count = min_checkpoint_page_count
+        self.truncate_page_n = truncate_page_n
+        self.busy_timeout = busy_timeout
+
+        # _lock guards the shadow state and the SQLite connections; _ckpt_lock is held by
+        # checkpoints and snapshots so a snapshot never races a WAL restart.
+        self._lock = threading.RLock()
+        self._ckpt_lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self._conn: apsw.Connection | None = None
+        self._read: apsw.Connection | None = None
+        self._ckpt: apsw.Connection | None = None
+        self._db_fd: int | None = None
+        self._db_ino: tuple[int, int] | None = None
+        self._need_pin = False
+        self.page_size = 0
+        self.generation: str | None = None
+        self.index = 0
+        self._shadow: shadow.ShadowState | None = None
+        self._buf: bytearray | None = None
+        self._last_checkpoint = time.monotonic()
+        self._synced_since_checkpoint = False
+        self.last_error: str | None = None
+        self.missing_logged = False
+        # Replicas report their positions so shadow files they still need are kept.
+        self._replica_positions: dict[str, Pos] = {}
+        # Counters exposed to status/metrics.
+        self.sync_count = 0
+        self.sync_error_count = 0
+        self.checkpoint_count: dict[str, int] = {}
+        self.generation_reasons: dict[str, int] = {}
+        self.total_wal_bytes = 0
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @property
+    def is_open(self) -> bool:
+        return self._conn is not None
+
+    def open(self) -> bool:
+        """open connects to the database if it exists; returns False while it does not.
+
+        A missing database is waited for, never created.
+        """
+        with self._lock:
+            if self._conn is not None:
+                return True
+            if not os.path.exists(self.path):
+                if not self.missing_logged:
+                    log.info("database does not exist yet, waiting: db=%s", self.path)
+                    self.missing_logged = True
+                return False
+            check_sqlite_version()
+            try:
+                self._open_connections()
+            except apsw.Error as exc:
+                self._close_connections()
+                raise DatabaseError(f"open {self.path}: {exc}") from exc
+            self.missing_logged = False
+            os.makedirs(self.meta_path, exist_ok=True)
+            shadow.remove_stale_tmp(self.meta_path)
+            self._load_generation()
+            log.info("database opened: db=%s page_size=%d generation=%s",
+                     self.path, self.page_size, self.generation or "-")  # fmt: skip
+            return True
+
+    def _connect(self) -> apsw.Connection:
+        conn = apsw.Connection(self.path, flags=apsw.SQLITE_OPEN_READWRITE)
+        conn.set_busy_timeout(int(self.busy_timeout * 1000))
+        one = ctypes.c_int(1)
+        conn.file_control("main", apsw.SQLITE_FCNTL_PERSIST_WAL, ctypes.addressof(one))
+        return conn
+
+    def _open_connections(self) -> None:
+        # The long-lived descriptor comes first and is closed last (POSIX lock rule).
+        self._db_fd = os.open(self.path, os.O_RDONLY)
+        st = os.fstat(self._db_fd)
+        self._db_ino = (st.st_dev, st.st_ino)
+        self._conn = self._connect()
+        mode = self._conn.execute("PRAGMA journal_mode=wal").fetchall()[0][0]
+        if str(mode).lower() != "wal":
+            raise DatabaseError(f"could not enable WAL mode on {self.path} (journal_mode={mode})")
+        self._conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+        self._conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+        self._conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
+        self.page_size = self._conn.execute("PRAGMA page_size").fetchall()[0][0]
+        self._read = self._connect()
+        self._read.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+        self._ckpt = self._connect()
+        self._ckpt.execute("PRAGMA wal_autocheckpoint=0").fetchall()
+        self._begin_read()
+        # The first sync copies what is there, then re-pins the read transaction on a fresh
+        # frame (see _pin_read).
+        self._need_pin = True
+
+    def _close_connections(self) -> None:
+        for name in ("_read", "_ckpt", "_conn"):
+            conn = getattr(self, name)
+            if conn is not None:
+                try:
+                    conn.close(force=True)
+                except apsw.Error:
+                    pass
+                setattr(self, name, None)
+        if self._db_fd is not None:
+            os.close(self._db_fd)
+            self._db_fd = None
+
+    def close(self) -> None:
+        """close ends the read transaction and closes every connection and descriptor."""
+        with self._lock:
+            self._close_connections()
+            self._shadow = None
+
+    def _begin_read(self) -> None:
+        assert self._read is not None
+        self._read.execute("BEGIN")
+        self._read.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+
+    def _end_read(self) -> None:
+        assert self._read is not None
+        if not self._read.get_autocommit():
+            self._read.execute("ROLLBACK")
+
+    def _pin_read(self) -> None:
+        """Write a frame, then restart the read transaction on it. A reader that starts on a
+        fully checkpointed WAL takes read mark 0 and would not stop other processes from
+        restarting the WAL; one that starts after an uncheckpointed frame pins it."""
+        self._bump_seq()
+        self._end_read()
+        self._begin_read()
+        self._need_pin = False
+
+    def _wal_missing_or_short(self) -> bool:
+        try:
+            return os.path.getsize(self.wal_path) < wal.WAL_HEADER_SIZE
+        except FileNotFoundError:
+            return True
+
+    def _bump_seq(self) -> None:
+        assert self._conn is not None
+        self._conn.execute(
+            "INSERT INTO _litestream_seq (id, seq) VALUES (1, 1) "
+            "ON CONFLICT (id) DO UPDATE SET seq = seq + 1"
+        )
+
+    # ---------------------------------------------------------------- generations
+
+    def _load_generation(self) -> None:
+        """Pick up the generation a previous run left, if its shadow WAL still checks out
+        and still matches the live WAL's header."""
+        gen = shadow.read_generation(self.meta_path)
+        self.generation, self._shadow = None, None
+        if gen is None:
+            return
+        indexes = shadow.shadow_indexes(self.meta_path, gen)
+        if not indexes:
+            return
+        state = shadow.recover(shadow.shadow_path(self.meta_path, gen, indexes[-1]))
+        if state is None or state.header.page_size != self.page_size:
+            return
+        live = self._read_wal_header()
+        if live != state.header.raw:
+            # The WAL restarted while we were not watching: frames may be lost.
+            log.info("wal header changed while stopped; a new generation will start: db=%s", self.path)
+            shadow.remove_generation_file(self.meta_path)
+            return
+        self.generation, self.index, self._shadow = gen, indexes[-1], state
+
+    def _new_generation(self, reason: str) -> None:
+        hdr = self._read_wal_header_parsed()
+        if hdr is None:
+            raise DatabaseError(f"cannot start a generation for {self.path}: wal header invalid")
+        gen = naming.new_generation()
+        self._shadow = shadow.create(shadow.shadow_path(self.meta_path, gen, 0), hdr)
+        shadow.write_generation(self.meta_path, gen)
+        old = self.generation
+        self.generation, self.index = gen, 0
+        self.generation_reasons[reason] = self.generation_reasons.get(reason, 0) + 1
+        log.info("new generation: db=%s generation=%s reason=%r", self.path, gen, reason)
+        if old:
+            shutil.rmtree(os.path.join(self.meta_path, "generations", old), ignore_errors=True)
+        self._remove_other_generations()
+
+    def _remove_other_generations(self) -> None:
+        root = os.path.join(self.meta_path, "generations")
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name != self.generation:
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
+
+    def _start_index(self, hdr: wal.WalHeader) -> None:
+        """Start the next shadow index after a WAL restart (same generation)."""
+        assert self.generation
+        self.index += 1
+        self._shadow = shadow.create(shadow.shadow_path(self.meta_path, self.generation, self.index), hdr)
+        log.debug("wal restarted: db=%s pos=%s", self.path, self.pos())
+
+    # ------------------------------------------------------------------- reading
+
+    def _read_wal_header(self) -> bytes:
+        try:
+            with open(self.wal_path, "rb") as f:
+                return f.read(wal.WAL_HEADER_SIZE)
+        except FileNotFoundError:
+            return b""
+
+    def _read_wal_header_parsed(self) -> wal.WalHeader | None:
+        return wal.WalHeader.try_parse(self._read_wal_header())
+
+    def pos(self) -> Pos:
+        """pos is the end of what the shadow WAL holds: (generation, index, committed size)."""
+        with self._lock:
+            if not self.generation or self._shadow is None:
+                return Pos("", 0, 0)
+            return Pos(self.generation, self.index, self._shadow.size)
+
+    def shadow_wal_path(self, index: int) -> str:
+        assert self.generation
+        return shadow.shadow_path(self.meta_path, self.generation, index)
+
+    def shadow_committed_size(self, generation: str, index: int) -> int | None:
+        """The committed size of a shadow WAL file: the live position for the current
+        index, the file size for earlier ones, None when it is gone."""
+        with self._lock:
+            if generation == self.generation and index == self.index and self._shadow:
+                return self._shadow.size
+        try:
+            return os.path.getsize(shadow.shadow_path(self.meta_path, generation, index))
+        except FileNotFoundError:
+            return None
+
+    # ---------------------------------------------------------------------- sync
+
+    def sync(self) -> SyncResult:
+        """sync copies newly committed WAL frames into the shadow WAL.
+
+        Starts a new generation (and says why) on any discontinuity. Safe to call from
+        several threads; replicas call it right before they upload.
+        """
+        with self._lock:
+            if not self.open():
+                return SyncResult(False)
+            try:
+                result = self._sync_locked()
+            except Exception as exc:
+                self.sync_error_count += 1
+                self.last_error = str(exc)
+                raise
+            self.sync_count += 1
+            self.last_error = None
+            if result.changed or result.new_generation_reason:
+                self._synced_since_checkpoint = True
+                self._changed.notify_all()
+            return result
+
+    def _check_replaced(self) -> str | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return "database deleted"
+        if (st.st_dev, st.st_ino) != self._db_ino:
+            return "database replaced"
+        return None
+
+    def _sync_locked(self) -> SyncResult:
+        replaced = self._check_replaced()
+        if replaced == "database deleted":
+            # Never upload an empty database or delete history: report and wait.
+            self.last_error = f"database file {self.path} was deleted"
+            log.error("database deleted while replicating; waiting for it: db=%s", self.path)
+            self._close_connections()
+            self._shadow = None
+            return SyncResult(False)
+        if replaced:
+            log.warning("database file replaced; reopening: db=%s", self.path)
+            self._close_connections()
+            self._shadow = None
+            shadow.remove_generation_file(self.meta_path)
+            if not self.open():
+                return SyncResult(False)
+        if self._wal_missing_or_short():
+            self._bump_seq()
+        reason, restart_hdr = self._verify()
+        if reason == "wal header invalid":
+            return SyncResult(False)  # a header being written; look again next tick
+        if reason is not None:
+            self._new_generation(replaced or reason)
+        elif restart_hdr is not None:
+            # The WAL restarted once: finish the old index, continue at the next one.
+            self._copy_wal()
+            self._start_index(restart_hdr)
+        changed = self._copy_wal()
+        if self._need_pin:
+            self._pin_read()
+            if self._verify() != (None, None):
+                return self._sync_locked_after_pin(changed, reason)
+        return SyncResult(changed or reason is not None, reason)
+
+    def _sync_locked_after_pin(self, changed: bool, reason: str | None) -> SyncResult:
+        # Our own seq write restarted a fully checkpointed WAL: go through the usual path.
+        again = self._sync_locked()
+        return SyncResult(changed or again.changed or reason is not None, reason or again.new_generation_reason)
+
+    def _verify(self) -> tuple[str | None, wal.WalHeader | None]:
+        """_verify compares the shadow WAL with the live WAL (Litestream's verify()).
+
+        Returns (reason for a new generation or None, new header if the WAL restarted).
+        """
+        if not self.generation or self._shadow is None:
+            return "no generation exists", None
+        if self.index >= naming.MAX_INDEX:
+            return "max index exceeded", None
+        spath = self.shadow_wal_path(self.index)
+        try:
+            shadow_file_size = os.path.getsize(spath)
+        except FileNotFoundError:
+            return "no shadow wal", None
+        if shadow_file_size < wal.WAL_HEADER_SIZE:
+            return "short shadow wal", None
+        sh = self._shadow
+        fs = sh.header.frame_size
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return "wal truncated by another process", None
+        try:
+            wal_size = os.fstat(fd).st_size
+            raw = os.pread(fd, wal.WAL_HEADER_SIZE, 0)
+            if wal.frame_align(wal_size, sh.header.page_size) < sh.size:
+                return "wal truncated by another process", None
+            if sh.size > wal.WAL_HEADER_SIZE:
+                live = os.pread(fd, fs, sh.size - fs)
+                with open(spath, "rb") as f:
+                    mine = os.pread(f.fileno(), fs, sh.size - fs)
+                if live != mine:
+                    return "wal overwritten by another process", None
+        finally:
+            os.close(fd)
+        if raw == sh.header.raw:
+            return None, None
+        hdr = wal.WalHeader.try_parse(raw)
+        if hdr is None:
+            return "wal header invalid", None
+        if sh.size == wal.WAL_HEADER_SIZE:
+            return "wal header only, mismatched", None
+        if hdr.page_size != sh.header.page_size:
+            return "page size changed", None
+        if hdr.checkpoint_seq != (sh.header.checkpoint_seq + 1) & 0xFFFFFFFF:
+            return "wal restarted more than once between syncs", None
+        return None, hdr
+
+    def _copy_wal(self) -> bool:
+        """_copy_wal appends the live WAL's new committed frames to the shadow WAL.
+
+        Reads in chunks (bounded memory whatever the transaction size), verifies each
+        frame's salts and cumulative checksum, writes verified frames, and finally cuts the
+        shadow back to the last commit so only whole transactions remain.
+        """
+        sh = self._shadow
+        assert sh is not None and self.generation
+        hdr = sh.header
+        fs = hdr.frame_size
+        chunk = max(1, COPY_CHUNK // fs) * fs
+        if self._buf is None or len(self._buf) != wal.WAL_HEADER_SIZE + chunk:
+            self._buf = bytearray(wal.WAL_HEADER_SIZE + chunk)
+        mv = memoryview(self._buf)
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        spath = self.shadow_wal_path(self.index)
+        try:
+            end = wal.frame_align(os.fstat(fd).st_size, hdr.page_size)
+            if end <= sh.size:
+                return False
+            pos, ck = sh.size, sh.checksum
+            commit_end, commit_ck = sh.size, sh.checksum
+            out = None
+            try:
+                while pos < end:
+                    want = min(chunk, end - pos)
+                    n = os.preadv(fd, [mv[wal.WAL_HEADER_SIZE : wal.WAL_HEADER_SIZE + want]], pos)
+                    n -= n % fs
+                    if n <= 0:
+                        break
+                    r = wal.scan(mv[: wal.WAL_HEADER_SIZE + n], hdr, wal.WAL_HEADER_SIZE, ck)
+                    valid = r.valid_end - wal.WAL_HEADER_SIZE
+                    if valid <= 0:
+                        break
+                    if out is None:
+                        out = open(spath, "r+b")
+                        out.seek(sh.size)
+                        out.truncate()
+                    out.write(mv[wal.WAL_HEADER_SIZE : r.valid_end])
+                    if r.commit_end > wal.WAL_HEADER_SIZE:
+                        commit_end = pos + r.commit_end - wal.WAL_HEADER_SIZE
+                        commit_ck = r.checksum
+                    if valid < n:
+                        break
+                    ck = wal.checksum_at(mv, hdr, r.valid_end)
+                    pos += n
+                if out is not None:
+                    out.flush()
+                    if out.tell() != commit_end:
+                        out.truncate(commit_end)
+                    if commit_end > sh.size:
+                        os.fsync(out.fileno())
+            finally:
+                if out is not None:
+                    out.close()
+        finally:
+            os.close(fd)
+        if commit_end == sh.size:
+            return False
+        self.total_wal_bytes += commit_end - sh.size
+        self._shadow = shadow.ShadowState(hdr, commit_end, commit_ck)
+        return True
+
+    def wait_changed(self, timeout: float) -> None:
+        """wait_changed blocks until a sync copies something new or ``timeout`` passes."""
+        with self._changed:
+            self._changed.wait(timeout)
+
+    # ---------------------------------------------------------------- checkpoint
+
+    def wal_size(self) -> int:
+        try:
+            return os.path.getsize(self.wal_path)
+        except FileNotFoundError:
+            return 0
+
+    def checkpoint_if_needed(self) -> str | None:
+        """checkpoint_if_needed applies the v0.5 policy; returns the mode run, if any."""
+        with self._lock:
+            if self._shadow is None or not self.generation:
+                return None
+            size = self._shadow.size
+        ps = self.page_size
+        if size >= wal.calc_wal_size(ps, self.truncate_page_n):
+            mode = "PASSIVE"
+            self.checkpoint(mode)
+            with self._lock:
+                if self._shadow is not None and self._shadow.size >= wal.calc_wal_size(ps, self.truncate_page_n):
+                    mode = "TRUNCATE"
+                    self.checkpoint(mode)
+            return mode
+        if size >= wal.calc_wal_size(ps, self.min_checkpoint_page_count):
+            self.checkpoint("PASSIVE")
+            return "PASSIVE"
+        if (
+            self.checkpoint_interval > 0
+            and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
+            and self._synced_since_checkpoint
+            and size > wal.calc_wal_size(ps, 1)
+        ):
+            self.checkpoint("PASSIVE")
+            return "PASSIVE"
+        return None
+
+    def checkpoint(self, mode: str = "PASSIVE") -> bool:
+        """checkpoint copies every committed frame, then checkpoints under a write barrier.
+
+        Returns False when skipped because a snapshot is being read. PASSIVE never waits
+        for readers; TRUNCATE waits up to the busy timeout. RESTART is never used.
+        """
+        mode = mode.upper()
+        if mode not in ("PASSIVE", "FULL", "TRUNCATE"):
+            raise ValueError(f"unsupported checkpoint mode {mode}")
+        if not self._ckpt_lock.acquire(blocking=False):
+            return False
+        try:
+            with self._lock:
+                if not self.open():
+                    return False
+                self._sync_locked()  # catch up without blocking writers
+                before = self._read_wal_header()
+                assert self._conn is not None and self._ckpt is not None
+                t0 = time.monotonic()
+                self._conn.execute("BEGIN IMMEDIATE")  # the barrier: no commit from now on
+                try:
+                    self._sync_locked()  # seal: copy what committed before the barrier
+                    sealed_gen = self.generation
+                    self._end_read()
+                    try:
+                        self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                    except apsw.BusyError:
+                        log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
+                    self._bump_seq()
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if not self._conn.get_autocommit():
+                        self._conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._begin_read()
+                self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
+                self._last_checkpoint = time.monotonic()
+                self._synced_since_checkpoint = False
+                after = self._read_wal_header()
+                if after != before and self.generation == sealed_gen:
+                    hdr = wal.WalHeader.try_parse(after)
+                    sh = self._shadow
+                    assert sh is not None
+                    if hdr is None:
+                        raise InvalidWALHeader(f"wal header invalid after checkpoint: {self.wal_path}")
+                    if hdr.checkpoint_seq == (sh.header.checkpoint_seq + 1) & 0xFFFFFFFF:
+                        # Everything of the old WAL was sealed into the shadow; go on.
+                        self._start_index(hdr)
+                    else:
+                        self._new_generation("wal restarted more than once during checkpoint")
+                self._sync_locked()
+                log.debug("checkpoint: db=%s mode=%s seconds=%.3f pos=%s",
+                          self.path, mode, time.monotonic() - t0, self.pos())  # fmt: skip
+                self._changed.notify_all()
+                return True
+        finally:
+            self._ckpt_lock.release()
+
+    # ----------------------------------------------------------------- snapshots
+
+    def snapshot_chunks(self, chunk_size: int = 4 << 20):
+        """snapshot_chunks is a context manager yielding (pos, iterator of database-file
+        chunks). Checkpoints are held off while it is open, so the database file plus the
+        whole shadow index ``pos.index`` replayed from offset 0 is a consistent state."""
+        return _Snapshot(self, chunk_size)
+
+    def set_replica_position(self, name: str, pos: Pos) -> None:
+        with self._lock:
+            self._replica_positions[name] = pos
+
+    def clean_shadow(self) -> None:
+        """clean_shadow deletes shadow WAL files every replica has uploaded (keeps one)."""
+        with self._lock:
+            if not self.generation:
+                return
+            positions = [p for p in self._replica_positions.values() if p.generation == self.generation]
+            if len(positions) < len(self._replica_positions) or not positions:
+                return
+            keep_from = min(p.index for p in positions) - 1
+            for idx in shadow.shadow_indexes(self.meta_path, self.generation):
+                if idx < keep_from:
+                    try:
+                        os.unlink(self.shadow_wal_path(idx))
+                    except FileNotFoundError:
+                        pass
+
+
+class _Snapshot:
+    def __init__(self, db: DB, chunk_size: int) -> None:
+        self.db = db
+        self.chunk_size = chunk_size
+
+    def __enter__(self):
+        db = self.db
+        db._ckpt_lock.acquire()
+        try:
+            db.sync()
+            pos = db.pos()
+            if pos.is_zero or db._db_fd is None:
+                raise DatabaseError(f"cannot snapshot {db.path}: not open")
+            size = os.fstat(db._db_fd).st_size
+        except BaseException:
+            db._ckpt_lock.release()
+            raise
+        fd = db._db_fd
+
+        def chunks():
+            off = 0
+            while off < size:
+                data = os.pread(fd, min(self.chunk_size, size - off), off)
+                if not data:
+                    break
+                off += len(data)
+                yield data
+
+        self.size = size
+        return pos, chunks()
+
+    def __exit__(self, *exc) -> None:
+        self.db._ckpt_lock.release()

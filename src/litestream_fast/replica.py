@@ -1,0 +1,199 @@
+"""One replica of one database: ships shadow-WAL bytes and snapshots to a ReplicaClient.
+
+``sync_once`` is a plain method (tests call it directly); the scheduler calls it every
+``sync-interval``. Each call asks the DB to sync first, so what was committed before the
+call is uploaded by it: lag is one sync interval plus the upload, not two intervals.
+
+Position bookkeeping follows Litestream v0.3: on start, or when the DB's generation
+changes, the replica LISTs the generation (snapshot needed? where do segments end?) once;
+afterwards it tracks its position in memory, so an idle database costs zero requests.
+A segment is the byte range [replica position, committed end) of one shadow WAL file,
+LZ4-framed and streamed in 4 MiB blocks, so memory stays bounded for any transaction size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+
+from litestream_fast import compression, wal
+from litestream_fast.db import DB
+from litestream_fast.errors import LitestreamError, ReplicaError
+from litestream_fast.pos import Pos
+from litestream_fast.replica_client import ReplicaClient
+
+log = logging.getLogger("litestream_fast.replica")
+
+READ_CHUNK = 4 << 20
+
+
+class Replica:
+    """Replica uploads one DB's changes to one storage client."""
+
+    def __init__(self, db: DB, client: ReplicaClient, name: str = "", sync_interval: float = 1.0) -> None:
+        self.db = db
+        self.client = client
+        self.name = name or client.type
+        self.sync_interval = sync_interval
+        self.pos = Pos("", 0, 0)
+        self.last_sync_at: float | None = None  # wall time of the last successful sync
+        self.last_error: str | None = None
+        self.wal_bytes = 0
+        self.segments_uploaded = 0
+        self.snapshots_taken = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------- sync
+
+    def sync_once(self) -> Pos:
+        """sync_once uploads everything the DB has committed, snapshotting first if the
+        replica holds nothing for the DB's current generation. Returns the new position."""
+        self.db.sync()
+        dbpos = self.db.pos()
+        if dbpos.is_zero:
+            return self.pos
+        if self.pos.generation != dbpos.generation:
+            self.pos = self._init_generation(dbpos.generation)
+        while self.pos < dbpos:
+            end = self.db.shadow_committed_size(self.pos.generation, self.pos.index)
+            if end is None:
+                # The shadow file we need is gone (e.g. meta directory damaged): re-seed
+                # with a fresh snapshot in this generation.
+                log.warning("shadow wal %08x missing; taking a new snapshot: db=%s replica=%s",
+                            self.pos.index, self.db.path, self.name)  # fmt: skip
+                self.pos = self._snapshot_and_position(dbpos.generation)
+                continue
+            if self.pos.offset > end:
+                raise ReplicaError(
+                    f"replica {self.name} position {self.pos} is past the local shadow wal "
+                    f"(size {end}); the replica holds data this database does not"
+                )
+            if self.pos.offset == end:
+                if self.pos.index < dbpos.index:
+                    self.pos = Pos(self.pos.generation, self.pos.index + 1, 0)
+                    continue
+                break
+            self._upload_segment(self.pos, end)
+            self.pos = Pos(self.pos.generation, self.pos.index, end)
+        self.db.set_replica_position(self.name, self.pos)
+        self.last_sync_at = time.time()
+        self.last_error = None
+        return self.pos
+
+    def _upload_segment(self, pos: Pos, end: int) -> None:
+        path = self.db.shadow_wal_path(pos.index) if pos.generation == self.db.generation else None
+        if path is None:
+            raise ReplicaError(f"generation {pos.generation} is no longer current")
+        n = end - pos.offset
+        with open(path, "rb") as f:
+            self.client.write_wal_segment(pos, compression.compress_chunks(_read_range(f, pos.offset, end)))
+        self.wal_bytes += n
+        self.segments_uploaded += 1
+        log.debug("wal segment written: db=%s replica=%s pos=%s size=%d", self.db.path, self.name, pos, n)
+
+    # -------------------------------------------------------------- positions
+
+    def _init_generation(self, generation: str) -> Pos:
+        """Work out where this replica stands in ``generation`` (one LIST, maybe one GET)."""
+        if not self.client.snapshots(generation):
+            return self._snapshot_and_position(generation)
+        return self.calc_pos(generation)
+
+    def _snapshot_and_position(self, generation: str) -> Pos:
+        info_pos = self.snapshot()
+        if info_pos.generation != generation:
+            return Pos("", 0, 0)  # the DB moved on meanwhile; next sync starts over
+        return Pos(info_pos.generation, info_pos.index, 0)
+
+    def calc_pos(self, generation: str) -> Pos:
+        """calc_pos finds the end of the last uploaded segment of ``generation``.
+
+        With no segment it is the start of the newest snapshot's index. The last segment is
+        downloaded to learn its length, and its last frame is compared with the local
+        shadow WAL, so a replica that diverged from this database is caught, not extended.
+        """
+        snaps = self.client.snapshots(generation)
+        segs = self.client.wal_segments(generation)
+        max_snap = max((s.index for s in snaps), default=0)
+        if not segs or (segs[-1].index < max_snap):
+            return Pos(generation, max_snap, 0)
+        last = segs[-1]
+        key = self.client.object_key(generation, last.index, last.offset)
+        with self.client.wal_segment_reader(last.pos) as r:
+            data = b"".join(compression.decompress_stream(r, key))
+        end = last.offset + len(data)
+        local = self.db.shadow_committed_size(generation, last.index)
+        if local is not None and local >= end and len(data) > wal.WAL_HEADER_SIZE:
+            fs = wal.frame_size(self.db.page_size)
+            tail = data[-fs:]
+            with open(self.db.shadow_wal_path(last.index), "rb") as f:
+                mine = os.pread(f.fileno(), fs, end - fs)
+            if tail != mine:
+                raise ReplicaError(f"replica object {key} does not match the local shadow wal")
+        return Pos(generation, last.index, end)
+
+    # -------------------------------------------------------------- snapshots
+
+    def snapshot(self) -> Pos:
+        """snapshot uploads the whole database file as ``<index>.snapshot.lz4``.
+
+        Checkpoints are held off while it streams, so the file plus the replay of shadow
+        index ``index`` from offset 0 restores the database exactly.
+        """
+        t0 = time.monotonic()
+        with self.db.snapshot_chunks(READ_CHUNK) as (pos, chunks):
+            info = self.client.write_snapshot(pos.generation, pos.index, compression.compress_chunks(chunks))
+        self.snapshots_taken += 1
+        log.info("snapshot written: db=%s replica=%s generation=%s index=%08x size=%d seconds=%.2f",
+                 self.db.path, self.name, pos.generation, pos.index, info.size, time.monotonic() - t0)  # fmt: skip
+        return pos
+
+    # ---------------------------------------------------------------- running
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"replica:{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
+        """stop ends the upload loop; with ``final_sync`` it uploads what is left first."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if final_sync:
+            try:
+                self.sync_once()
+            except LitestreamError as exc:
+                log.error("final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+            except OSError as exc:
+                log.error("final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+
+    def _run(self) -> None:
+        from litestream_fast.logs import RateLimitedLogger
+
+        errors = RateLimitedLogger(log, interval=30.0)
+        backoff = self.sync_interval
+        while not self._stop.is_set():
+            try:
+                self.sync_once()
+                backoff = self.sync_interval
+            except Exception as exc:  # noqa: BLE001 - any failure is logged and retried
+                self.last_error = str(exc)
+                self.pos = Pos("", 0, 0)  # recompute from the replica next time (as v0.3)
+                errors.error("replica sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+                backoff = min(max(backoff * 2, self.sync_interval), 60.0)
+            self._stop.wait(backoff)
+
+
+def _read_range(f, start: int, end: int) -> Iterator[bytes]:
+    off = start
+    fd = f.fileno()
+    while off < end:
+        data = os.pread(fd, min(READ_CHUNK, end - off), off)
+        if not data:
+            raise ReplicaError(f"shadow wal {f.name} shorter than expected ({off} < {end})")
+        off += len(data)
+        yield data

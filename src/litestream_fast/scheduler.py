@@ -1,0 +1,108 @@
+"""Run databases and replicas on their intervals: the ``replicate`` command's engine.
+
+Periodic work is a plain method first (``DB.sync``, ``DB.checkpoint_if_needed``,
+``Replica.sync_once``) and scheduled here second: one monitor thread per database (sync,
+checkpoint, shadow clean-up every ``monitor-interval``) and one upload thread per replica.
+A slow or failing replica only delays itself: it does not hold the database's lock while
+uploading, and the shadow WAL keeps what it still needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from litestream_fast.config import DBConfig, build_client
+from litestream_fast.db import DB
+from litestream_fast.logs import RateLimitedLogger
+from litestream_fast.replica import Replica
+
+log = logging.getLogger("litestream_fast.scheduler")
+
+
+class ManagedDB:
+    """ManagedDB is a DB plus its replicas and its monitor thread."""
+
+    def __init__(self, db: DB, replicas: list[Replica]) -> None:
+        self.db = db
+        self.replicas = replicas
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._errors = RateLimitedLogger(log, interval=30.0)
+
+    @classmethod
+    def from_config(cls, cfg: DBConfig) -> ManagedDB:
+        db = DB(
+            cfg.path,
+            meta_path=cfg.meta_path,
+            monitor_interval=cfg.monitor_interval,
+            checkpoint_interval=cfg.checkpoint_interval,
+            min_checkpoint_page_count=cfg.min_checkpoint_page_count,
+            truncate_page_n=cfg.truncate_page_n,
+            busy_timeout=cfg.busy_timeout,
+        )
+        replicas = [
+            Replica(db, build_client(rc), name=rc.display_name, sync_interval=rc.sync_interval)
+            for rc in cfg.replicas
+        ]
+        return cls(db, replicas)
+
+    def monitor_once(self) -> None:
+        """monitor_once syncs the shadow WAL, checkpoints if the policy says so, and drops
+        shadow files every replica has uploaded."""
+        self.db.sync()
+        if self.db.is_open:
+            self.db.checkpoint_if_needed()
+            self.db.clean_shadow()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"db:{self.db.path}", daemon=True)
+        self._thread.start()
+        for r in self.replicas:
+            r.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.monitor_once()
+            except Exception as exc:  # noqa: BLE001 - logged, retried next tick
+                self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
+            self._stop.wait(self.db.monitor_interval)
+
+    def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
+        """stop halts the monitor, then each replica (with a final upload), then the DB."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if final_sync:
+            try:
+                self.db.sync()
+            except Exception as exc:  # noqa: BLE001
+                log.error("final sync failed: db=%s error=%s", self.db.path, exc)
+        for r in self.replicas:
+            r.stop(final_sync=final_sync, timeout=timeout)
+        self.db.close()
+
+
+class Replicator:
+    """Replicator runs every configured database with its replicas."""
+
+    def __init__(self, dbs: list[ManagedDB]) -> None:
+        self.dbs = dbs
+
+    @classmethod
+    def from_config(cls, dbs: list[DBConfig]) -> Replicator:
+        return cls([ManagedDB.from_config(d) for d in dbs])
+
+    def start(self) -> None:
+        for m in self.dbs:
+            try:
+                m.db.open()
+            except Exception as exc:  # noqa: BLE001 - keep going; the monitor retries
+                log.error("open failed: db=%s error=%s", m.db.path, exc)
+            m.start()
+        log.info("replicating %d database(s)", len(self.dbs))
+
+    def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
+        for m in self.dbs:
+            m.stop(final_sync=final_sync, timeout=timeout)
