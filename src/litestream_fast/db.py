@@ -337,7 +337,8 @@ class DB:
                 self.last_error = str(exc)
                 raise
             self.sync_count += 1
-            self.last_error = None
+            if self._conn is not None:  # a deleted database keeps its error until it returns
+                self.last_error = None
             if result.changed or result.new_generation_reason:
                 self._synced_since_checkpoint = True
                 self._changed.notify_all()
@@ -435,7 +436,9 @@ class DB:
             return "wal header only, mismatched", None
         if hdr.page_size != sh.header.page_size:
             return "page size changed", None
-        if hdr.checkpoint_seq != (sh.header.checkpoint_seq + 1) & 0xFFFFFFFF:
+        if hdr.salt1 != (sh.header.salt1 + 1) & 0xFFFFFFFF:
+            # SQLite adds one to salt-1 at every restart (the checkpoint sequence field is
+            # per-connection and unreliable): anything else means an unseen WAL went by.
             return "wal restarted more than once between syncs", None
         return None, hdr
 
@@ -527,13 +530,15 @@ class DB:
             size = self._shadow.size
         ps = self.page_size
         if size >= wal.calc_wal_size(ps, self.truncate_page_n):
-            mode = "PASSIVE"
-            self.checkpoint(mode)
+            # Emergency brake: PASSIVE first; only if readers kept it from resetting the
+            # WAL is TRUNCATE (which waits for readers and blocks writers) tried.
+            self.checkpoint("PASSIVE")
             with self._lock:
-                if self._shadow is not None and self._shadow.size >= wal.calc_wal_size(ps, self.truncate_page_n):
-                    mode = "TRUNCATE"
-                    self.checkpoint(mode)
-            return mode
+                still = self._shadow is not None and self._shadow.size >= wal.calc_wal_size(ps, self.truncate_page_n)
+            if not still:
+                return "PASSIVE"
+            self.checkpoint("TRUNCATE")
+            return "TRUNCATE"
         if size >= wal.calc_wal_size(ps, self.min_checkpoint_page_count):
             self.checkpoint("PASSIVE")
             return "PASSIVE"
@@ -548,13 +553,19 @@ class DB:
         return None
 
     def checkpoint(self, mode: str = "PASSIVE") -> bool:
-        """checkpoint copies every committed frame, then checkpoints under a write barrier.
+        """checkpoint copies every committed frame, then checkpoints. Never RESTART.
 
-        Returns False when skipped because a snapshot is being read. PASSIVE never waits
-        for readers; TRUNCATE waits up to the busy timeout. RESTART is never used.
+        PASSIVE runs under a write barrier (``BEGIN IMMEDIATE`` on our own connection):
+        after one more copy ("seal") nothing can commit until SQLite has checkpointed, so
+        no frame can be backfilled and then lost to a WAL restart before we copied it.
+        TRUNCATE cannot hold that barrier (it waits for every reader, the barrier
+        included); instead it compares the frame count SQLite reports with what we sealed
+        and starts a new generation if a commit slipped in between.
+
+        Returns False when skipped because a snapshot is being read.
         """
         mode = mode.upper()
-        if mode not in ("PASSIVE", "FULL", "TRUNCATE"):
+        if mode not in ("PASSIVE", "TRUNCATE"):
             raise ValueError(f"unsupported checkpoint mode {mode}")
         if not self._ckpt_lock.acquire(blocking=False):
             return False
@@ -562,45 +573,47 @@ class DB:
             with self._lock:
                 if not self.open():
                     return False
-                self._sync_locked()  # catch up without blocking writers
-                before = self._read_wal_header()
-                assert self._conn is not None and self._ckpt is not None
                 t0 = time.monotonic()
-                self._conn.execute("BEGIN IMMEDIATE")  # the barrier: no commit from now on
+                self._sync_locked()  # catch up without blocking writers
+                assert self._conn is not None and self._ckpt is not None
+                before = self._read_wal_header()
+                busy, nlog = 1, -1  # SQLite's result row: busy flag, frames in the log
+                barrier = mode == "PASSIVE"
+                if barrier:
+                    self._conn.execute("BEGIN IMMEDIATE")  # no commit from now on
                 try:
-                    self._sync_locked()  # seal: copy what committed before the barrier
+                    if barrier:
+                        self._sync_locked()  # seal what committed before the barrier
                     sealed_gen = self.generation
                     self._end_read()
                     try:
-                        self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()
+                        row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+                        busy, nlog = row[0], row[1]
                     except apsw.BusyError:
                         log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
-                    self._bump_seq()
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if not self._conn.get_autocommit():
+                finally:
+                    if barrier and not self._conn.get_autocommit():
                         self._conn.execute("ROLLBACK")
-                    raise
+                # A write now restarts the WAL if it was fully checkpointed; our read
+                # transaction then pins the new WAL.
+                try:
+                    self._bump_seq()
                 finally:
                     self._begin_read()
                 self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
                 self._last_checkpoint = time.monotonic()
                 self._synced_since_checkpoint = False
                 after = self._read_wal_header()
-                if after != before and self.generation == sealed_gen:
-                    hdr = wal.WalHeader.try_parse(after)
-                    sh = self._shadow
-                    assert sh is not None
-                    if hdr is None:
-                        raise InvalidWALHeader(f"wal header invalid after checkpoint: {self.wal_path}")
-                    if hdr.checkpoint_seq == (sh.header.checkpoint_seq + 1) & 0xFFFFFFFF:
-                        # Everything of the old WAL was sealed into the shadow; go on.
-                        self._start_index(hdr)
-                    else:
-                        self._new_generation("wal restarted more than once during checkpoint")
+                if mode == "TRUNCATE" and busy == 0 and after != before and self.generation == sealed_gen:
+                    # A commit could slip in between our last copy and the moment TRUNCATE
+                    # took the write lock, and SQLite no longer tells how many frames it
+                    # checkpointed; so, as Litestream v0.5 does, restart from a snapshot.
+                    self._new_generation("truncate checkpoint")
+                # Otherwise the usual verify decides: same WAL, one restart (copy the rest
+                # of the old WAL, then the next index), or a new generation.
                 self._sync_locked()
-                log.debug("checkpoint: db=%s mode=%s seconds=%.3f pos=%s",
-                          self.path, mode, time.monotonic() - t0, self.pos())  # fmt: skip
+                log.debug("checkpoint: db=%s mode=%s busy=%s frames=%s seconds=%.3f pos=%s",
+                          self.path, mode, busy, nlog, time.monotonic() - t0, self.pos())  # fmt: skip
                 self._changed.notify_all()
                 return True
         finally:

@@ -1,0 +1,350 @@
+"""Replication to a directory replica, checked by the real Litestream 0.3.13 restoring it.
+
+Each test drives the library directly (``DB.sync``, ``Replica.sync_once``,
+``DB.checkpoint``), so it controls exactly when frames are copied, checkpoints run and the
+WAL restarts; the result is judged by real Litestream's restore plus integrity_check and a
+content hash of the source.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import apsw
+import pytest
+from support import connect, content_hash, integrity_ok, litestream_bin, row_count
+
+from litestream_fast import wal
+from litestream_fast.clients.file import FileReplicaClient
+from litestream_fast.db import DB, check_sqlite_version
+from litestream_fast.errors import SQLiteTooOld
+from litestream_fast.replica import Replica
+
+
+def ls_restore(replica_dir: str, out: str, *extra: str) -> None:
+    """Restore with the real Litestream 0.3.13 binary."""
+    subprocess.run(
+        [litestream_bin(), "restore", *extra, "-o", out, f"file://{replica_dir}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def assert_restores_to(replica_dir: str, source: str, tmp_path, name: str = "out.db") -> str:
+    out = str(tmp_path / name)
+    ls_restore(replica_dir, out)
+    assert integrity_ok(out)
+    assert content_hash(out) == content_hash(source)
+    return out
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A WAL-mode database with a table, a DB, a file replica and its Replica."""
+    path = str(tmp_path / "app.db")
+    app = connect(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    db = DB(path, checkpoint_interval=0)
+    replica_dir = str(tmp_path / "replica")
+    r = Replica(db, FileReplicaClient(replica_dir))
+    yield app, db, r, replica_dir, path
+    db.close()
+    app.close()
+
+
+def insert(app: apsw.Connection, n: int, size: int = 200) -> None:
+    for _ in range(n):
+        app.execute("INSERT INTO t (x) VALUES (randomblob(?))", (size,))
+
+
+def test_sqlite_version_gate():
+    check_sqlite_version()  # the bundled SQLite is new enough
+    with pytest.raises(SQLiteTooOld, match="3.51.2"):
+        check_sqlite_version("3.51.2")
+
+
+def test_replicate_and_real_litestream_restores(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 50)
+    r.sync_once()
+    insert(app, 150)
+    pos = r.sync_once()
+    assert pos == db.pos() and pos.offset > 32
+    assert_restores_to(replica_dir, path, tmp_path)
+    snaps = r.client.snapshots(pos.generation)
+    assert [s.index for s in snaps] == [0]
+
+
+def test_only_committed_transactions_are_shipped(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 10)
+    r.sync_once()
+    committed = content_hash(path)
+    # A transaction in flight: its frames reach the WAL (cache spill) but no commit frame.
+    app.execute("PRAGMA cache_size=10")
+    app.execute("BEGIN")
+    insert(app, 200, 2000)
+    assert os.path.getsize(path + "-wal") > db.pos().offset
+    before = db.pos()
+    r.sync_once()
+    assert db.pos() == before  # nothing uncommitted was copied
+    assert_restores_to(replica_dir, path, tmp_path)  # the source reads the committed state
+    app.execute("COMMIT")
+    r.sync_once()
+    assert content_hash(path) != committed
+    assert_restores_to(replica_dir, path, tmp_path, "out2.db")
+
+
+def test_passive_checkpoint_restarts_wal_in_same_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    assert db.checkpoint("PASSIVE")
+    insert(app, 100)
+    pos = r.sync_once()
+    assert pos.generation == gen and pos.index == 1
+    assert_restores_to(replica_dir, path, tmp_path)
+    segs = r.client.wal_segments(gen)
+    assert {s.index for s in segs} == {0, 1}
+    assert [s.offset for s in segs if s.index == 1][0] == 0
+
+
+def test_repeated_checkpoints_continue_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    for _ in range(4):
+        assert db.checkpoint("PASSIVE")
+        insert(app, 10)
+    pos = r.sync_once()
+    assert pos.generation == gen and pos.index == 4
+    assert_restores_to(replica_dir, path, tmp_path)
+
+
+def test_truncate_checkpoint_shrinks_wal_and_reseeds(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    assert db.checkpoint("TRUNCATE")
+    assert os.path.getsize(path + "-wal") < 100 * 4096  # physically truncated, then one frame
+    insert(app, 10)
+    pos = r.sync_once()
+    # TRUNCATE cannot prove no commit slipped in, so it re-seeds (a new generation).
+    assert pos.generation != gen
+    assert db.generation_reasons.get("truncate checkpoint") == 1
+    assert_restores_to(replica_dir, path, tmp_path)
+
+
+def test_checkpoint_policy_thresholds(tmp_path):
+    path = str(tmp_path / "app.db")
+    app = connect(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    db = DB(path, checkpoint_interval=0, min_checkpoint_page_count=20, truncate_page_n=60, busy_timeout=0.2)
+    reader = connect(path)
+    try:
+        db.sync()
+        assert db.checkpoint_if_needed() is None
+        insert(app, 30, 3000)  # ~30 pages
+        db.sync()
+        assert db.checkpoint_if_needed() == "PASSIVE"
+        assert db.index == 1
+        gen = db.generation
+        # Past truncate-page-n with a reader pinning the WAL: PASSIVE cannot reset it, so
+        # TRUNCATE is tried; with the reader still there it gives up (busy) and nothing
+        # is lost or re-seeded.
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM t").fetchall()
+        insert(app, 80, 3000)
+        db.sync()
+        assert db.checkpoint_if_needed() == "TRUNCATE"
+        assert db.checkpoint_count == {"PASSIVE": 2, "TRUNCATE": 1}
+        assert db.generation == gen and db.index == 1
+        reader.execute("COMMIT")
+        # The reader is gone: PASSIVE now resets the WAL, no TRUNCATE needed.
+        assert db.checkpoint_if_needed() == "PASSIVE"
+        assert db.index == 2 and db.generation == gen
+    finally:
+        reader.close()
+        db.close()
+        app.close()
+
+
+def test_external_truncate_while_down_starts_new_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()  # the replicator goes down
+    insert(app, 100)
+    app.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    insert(app, 20)
+    db2 = DB(path, checkpoint_interval=0)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert pos.generation != gen
+        assert db2.generation_reasons  # a reason was recorded (and logged)
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+
+
+def test_external_truncate_while_running_is_detected(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 50)
+    r.sync_once()
+    gen = db.generation
+    # Drop our read lock the hard way (as if it were lost) so the app can truncate.
+    db._end_read()
+    insert(app, 50)
+    app.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    insert(app, 5)
+    db._begin_read()
+    pos = r.sync_once()
+    assert pos.generation != gen
+    assert_restores_to(replica_dir, path, tmp_path)
+
+
+def test_restart_after_clean_stop_keeps_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 50)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    insert(app, 50)  # written while we were down, same WAL
+    db2 = DB(path, checkpoint_interval=0)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert pos.generation == gen
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+
+
+def test_vacuum_shrinks_and_restores(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 300, 1000)
+    r.sync_once()
+    app.execute("DELETE FROM t WHERE id % 3 != 0")
+    app.execute("VACUUM")
+    pos = r.sync_once()
+    out = assert_restores_to(replica_dir, path, tmp_path)
+    pc = apsw.Connection(out).execute("PRAGMA page_count").fetchall()[0][0]
+    assert pc == app.execute("PRAGMA page_count").fetchall()[0][0]
+    assert pos.generation == db.generation
+
+
+@pytest.mark.parametrize("page_size", [512, 65536])
+def test_page_sizes(tmp_path, page_size):
+    path = str(tmp_path / "app.db")
+    app = connect(path, page_size=page_size)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    db = DB(path, checkpoint_interval=0)
+    replica_dir = str(tmp_path / "replica")
+    r = Replica(db, FileReplicaClient(replica_dir))
+    try:
+        insert(app, 40, 3000)
+        r.sync_once()
+        assert db.page_size == page_size
+        db.checkpoint("PASSIVE")
+        insert(app, 40, 3000)
+        r.sync_once()
+        out = assert_restores_to(replica_dir, path, tmp_path)
+        assert apsw.Connection(out).execute("PRAGMA page_size").fetchall()[0][0] == page_size
+    finally:
+        db.close()
+        app.close()
+
+
+def test_many_small_transactions(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    db.min_checkpoint_page_count = 200
+    for i in range(10_000):
+        app.execute("INSERT INTO t (x) VALUES (?)", (b"%d" % i,))
+        if i % 1000 == 999:
+            r.sync_once()
+            db.checkpoint_if_needed()
+    r.sync_once()
+    assert row_count(path) == 10_000
+    assert db.index >= 1
+    assert_restores_to(replica_dir, path, tmp_path)
+
+
+def test_missing_database_is_waited_for_not_created(tmp_path):
+    path = str(tmp_path / "later.db")
+    db = DB(path)
+    replica_dir = str(tmp_path / "replica")
+    r = Replica(db, FileReplicaClient(replica_dir))
+    try:
+        assert db.sync().changed is False
+        r.sync_once()
+        assert not os.path.exists(path)
+        assert not os.path.exists(replica_dir)
+        app = connect(path)
+        app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+        insert(app, 5)
+        pos = r.sync_once()
+        assert pos.generation
+        assert_restores_to(replica_dir, path, tmp_path)
+        app.close()
+    finally:
+        db.close()
+
+
+def test_database_replaced_starts_new_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 20)
+    r.sync_once()
+    gen = db.generation
+    app.close()
+    other = str(tmp_path / "other.db")
+    o = connect(other)
+    o.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    insert(o, 7)
+    o.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+    o.close()
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    os.replace(other, path)
+    pos = r.sync_once()
+    assert pos.generation != gen
+    assert_restores_to(replica_dir, path, tmp_path)
+    assert row_count(str(tmp_path / "out.db")) == 7
+
+
+def test_database_deleted_uploads_nothing_and_keeps_history(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 20)
+    r.sync_once()
+    gen = db.generation
+    app.close()
+    before = sorted(os.listdir(os.path.join(replica_dir, "generations", gen, "wal")))
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    r.sync_once()
+    r.sync_once()
+    assert db.last_error and "deleted" in db.last_error
+    assert not os.path.exists(path)
+    assert os.listdir(os.path.join(replica_dir, "generations")) == [gen]
+    assert sorted(os.listdir(os.path.join(replica_dir, "generations", gen, "wal"))) == before
+
+
+def test_shadow_wal_layout_matches_litestream(env):
+    app, db, r, replica_dir, path = env
+    insert(app, 5)
+    r.sync_once()
+    meta = os.path.join(os.path.dirname(path), ".app.db-litestream")
+    with open(os.path.join(meta, "generation")) as f:
+        assert f.read() == db.generation + "\n"
+    shadow0 = os.path.join(meta, "generations", db.generation, "wal", "00000000.wal")
+    data = open(shadow0, "rb").read()
+    hdr = wal.WalHeader.parse(data)
+    r2 = wal.scan(data, hdr, 32)
+    assert r2.commit_end == len(data) == db.pos().offset
