@@ -98,16 +98,19 @@ class Replica:
     # -------------------------------------------------------------- positions
 
     def _init_generation(self, generation: str) -> Pos:
-        """Work out where this replica stands in ``generation`` (one LIST, maybe one GET)."""
+        """Work out where this replica stands in ``generation`` (LISTs, maybe one GET);
+        snapshot if the generation has no snapshot yet."""
+        pos = self.calc_pos(generation)
         if not self.client.snapshots(generation):
+            self.pos = pos
             return self._snapshot_and_position(generation)
-        return self.calc_pos(generation)
+        return pos
 
     def _snapshot_and_position(self, generation: str) -> Pos:
-        info_pos = self.snapshot()
-        if info_pos.generation != generation:
+        pos = self.snapshot()
+        if pos.generation != generation:
             return Pos("", 0, 0)  # the DB moved on meanwhile; next sync starts over
-        return Pos(info_pos.generation, info_pos.index, 0)
+        return pos
 
     def calc_pos(self, generation: str) -> Pos:
         """calc_pos finds the end of the last uploaded segment of ``generation``.
@@ -141,11 +144,21 @@ class Replica:
     def snapshot(self) -> Pos:
         """snapshot uploads the whole database file as ``<index>.snapshot.lz4``.
 
-        Checkpoints are held off while it streams, so the file plus the replay of shadow
-        index ``index`` from offset 0 restores the database exactly.
+        A database file read while the application may checkpoint is only consistent
+        together with the WAL frames up to the moment it was read. So, with checkpoints
+        held off, the segments of the snapshot's index up to the current position are
+        uploaded *first*, then the snapshot: a generation that has a snapshot can always
+        be restored, and a crash in between leaves a generation without a snapshot, which
+        restore skips. Returns the replica's new position.
         """
         t0 = time.monotonic()
         with self.db.snapshot_chunks(READ_CHUNK) as (pos, chunks):
+            cur = self.pos
+            if cur.generation != pos.generation or cur.index != pos.index:
+                cur = Pos(pos.generation, pos.index, 0)
+            if cur.offset < pos.offset:
+                self._upload_segment(cur, pos.offset)
+            self.pos = pos
             info = self.client.write_snapshot(pos.generation, pos.index, compression.compress_chunks(chunks))
         self.snapshots_taken += 1
         log.info("snapshot written: db=%s replica=%s generation=%s index=%08x size=%d seconds=%.2f",
