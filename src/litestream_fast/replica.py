@@ -33,11 +33,27 @@ READ_CHUNK = 4 << 20
 class Replica:
     """Replica uploads one DB's changes to one storage client."""
 
-    def __init__(self, db: DB, client: ReplicaClient, name: str = "", sync_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        db: DB,
+        client: ReplicaClient,
+        name: str = "",
+        sync_interval: float = 1.0,
+        *,
+        retention: float = 24 * 3600.0,
+        retention_check_interval: float = 3600.0,
+        snapshot_interval: float = 0.0,
+    ) -> None:
         self.db = db
         self.client = client
         self.name = name or client.type
         self.sync_interval = sync_interval
+        self.retention = retention
+        self.retention_check_interval = retention_check_interval
+        self.snapshot_interval = snapshot_interval
+        self.last_snapshot_at: float | None = None  # wall time of the newest snapshot
+        self._last_retention_at = time.monotonic()
+        self.behind_since: float | None = None  # wall time the DB first got ahead of us
         self.pos = Pos("", 0, 0)
         self.last_sync_at: float | None = None  # wall time of the last successful sync
         self.last_error: str | None = None
@@ -56,6 +72,8 @@ class Replica:
         dbpos = self.db.pos()
         if dbpos.is_zero:
             return self.pos
+        if dbpos != self.pos and self.behind_since is None:
+            self.behind_since = time.time()
         if self.pos.generation != dbpos.generation:
             self.pos = self._init_generation(dbpos.generation)
         while self.pos < dbpos:
@@ -82,7 +100,13 @@ class Replica:
         self.db.set_replica_position(self.name, self.pos)
         self.last_sync_at = time.time()
         self.last_error = None
+        if self.pos == dbpos:
+            self.behind_since = None
         return self.pos
+
+    def lag(self) -> float:
+        """lag is how long the database has held data this replica has not (seconds)."""
+        return 0.0 if self.behind_since is None else max(0.0, time.time() - self.behind_since)
 
     def _upload_segment(self, pos: Pos, end: int) -> None:
         path = self.db.shadow_wal_path(pos.index) if pos.generation == self.db.generation else None
@@ -161,9 +185,83 @@ class Replica:
             self.pos = pos
             info = self.client.write_snapshot(pos.generation, pos.index, compression.compress_chunks(chunks))
         self.snapshots_taken += 1
+        self.last_snapshot_at = info.created_at.timestamp()
         log.info("snapshot written: db=%s replica=%s generation=%s index=%08x size=%d seconds=%.2f",
                  self.db.path, self.name, pos.generation, pos.index, info.size, time.monotonic() - t0)  # fmt: skip
         return pos
+
+    # ---------------------------------------------------------- retention
+
+    def snapshot_due(self, now: float | None = None) -> bool:
+        """snapshot_due says whether ``snapshot-interval`` asks for a snapshot now."""
+        if self.snapshot_interval <= 0 or self.pos.is_zero:
+            return False
+        now = time.time() if now is None else now
+        if self.last_snapshot_at is None:
+            snaps = self.client.snapshots(self.pos.generation)
+            self.last_snapshot_at = max((s.created_at.timestamp() for s in snaps), default=0.0)
+        return now - self.last_snapshot_at >= self.snapshot_interval
+
+    def enforce_retention(self, now: float | None = None) -> int:
+        """enforce_retention applies Litestream v0.3's retention; returns objects deleted.
+
+        Keeps every snapshot newer than ``now - retention`` (taking one first if there is
+        none), deletes older snapshots and the WAL segments only they needed, and deletes
+        generations that keep no snapshot. The current generation's newest snapshot and
+        every segment after it are never deleted, so the newest restorable point stays.
+        """
+        if self.retention <= 0:
+            return 0
+        now = time.time() if now is None else now
+        cutoff = now - self.retention
+        gens = self.client.generations()
+        snaps = {g: self.client.snapshots(g) for g in gens}
+        retained = [s for ss in snaps.values() for s in ss if s.created_at.timestamp() >= cutoff]
+        if not retained:
+            self.pos = self.snapshot()
+            gens = self.client.generations()
+            snaps = {g: self.client.snapshots(g) for g in gens}
+            retained = [s for ss in snaps.values() for s in ss if s.created_at.timestamp() >= cutoff]
+            retained += [s for s in snaps.get(self.pos.generation, []) if s.index == self.pos.index]
+        current = self.db.generation
+        deleted = 0
+        for g in gens:
+            keep = [s for s in retained if s.generation == g]
+            if g == current and not keep and snaps.get(g):
+                keep = [snaps[g][-1]]  # never strand the live generation
+            if not keep:
+                if g == current:
+                    continue  # snapshot still being made; its segments are needed
+                n = len(snaps.get(g, [])) + len(self.client.wal_segments(g))
+                self.client.delete_generation(g)
+                log.info("generation deleted by retention: replica=%s generation=%s", self.name, g)
+                deleted += n
+                continue
+            min_index = min(s.index for s in keep)
+            for s in snaps[g]:
+                if s.index < min_index:
+                    self.client.delete_snapshot(g, s.index)
+                    deleted += 1
+            old = [seg.pos for seg in self.client.wal_segments(g) if seg.index < min_index]
+            if old:
+                self.client.delete_wal_segments(old)
+                deleted += len(old)
+        if deleted:
+            log.info("retention enforced: replica=%s deleted=%d", self.name, deleted)
+        return deleted
+
+    def _periodic(self) -> None:
+        """Snapshot and retention work the upload loop does between syncs."""
+        if self.snapshot_due():
+            # Checkpoint first: if the WAL restarts, the snapshot gets a new index instead
+            # of replacing the previous one (which point-in-time restores still need).
+            self.db.checkpoint("PASSIVE")
+            self.sync_once()
+            self.pos = self.snapshot()
+        interval = min(self.retention_check_interval, self.retention) if self.retention > 0 else 0
+        if interval > 0 and time.monotonic() - self._last_retention_at >= interval:
+            self._last_retention_at = time.monotonic()
+            self.enforce_retention()
 
     # ---------------------------------------------------------------- running
 
@@ -192,6 +290,7 @@ class Replica:
         while not self._stop.is_set():
             try:
                 self.sync_once()
+                self._periodic()
                 backoff = self.sync_interval
             except Exception as exc:  # noqa: BLE001 - any failure is logged and retried
                 self.last_error = str(exc)

@@ -42,7 +42,15 @@ class ManagedDB:
             busy_timeout=cfg.busy_timeout,
         )
         replicas = [
-            Replica(db, build_client(rc), name=rc.display_name, sync_interval=rc.sync_interval)
+            Replica(
+                db,
+                build_client(rc),
+                name=rc.display_name,
+                sync_interval=rc.sync_interval,
+                retention=rc.retention,
+                retention_check_interval=rc.retention_check_interval,
+                snapshot_interval=rc.snapshot_interval,
+            )
             for rc in cfg.replicas
         ]
         return cls(db, replicas)
