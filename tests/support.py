@@ -12,7 +12,8 @@ import sys
 import apsw
 
 CACHE_DIR = os.environ.get(
-    "LITESTREAM_FAST_TEST_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "litestream-fast-tests")
+    "LITESTREAM_FAST_TEST_CACHE",
+    os.path.join(os.path.expanduser("~"), ".cache", "litestream-fast-tests"),
 )
 
 
@@ -38,7 +39,9 @@ def litestream_bin(version: str = "0.3.13") -> str:
     return exe
 
 
-def connect(path: str, *, wal: bool = True, autocheckpoint: int | None = 0, page_size: int | None = None) -> apsw.Connection:
+def connect(
+    path: str, *, wal: bool = True, autocheckpoint: int | None = 0, page_size: int | None = None
+) -> apsw.Connection:
     """connect opens an application connection (WAL mode, autocheckpoint off by default)."""
     conn = apsw.Connection(path)
     conn.set_busy_timeout(5000)

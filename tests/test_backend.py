@@ -10,7 +10,7 @@ from litestream_fast import _backend
 
 def test_expected_backend_loaded():
     wants_python = os.environ.get("LITESTREAM_FAST_NO_EXTENSIONS", "") not in ("", "0")
-    assert litestream_fast.BACKEND == ("python" if wants_python else "cython")
+    assert ("python" if wants_python else "cython") == litestream_fast.BACKEND
     assert _backend.IMPORT_ERROR is None
 
 

@@ -143,7 +143,13 @@ def test_checkpoint_policy_thresholds(tmp_path):
     path = str(tmp_path / "app.db")
     app = connect(path)
     app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
-    db = DB(path, checkpoint_interval=0, min_checkpoint_page_count=20, truncate_page_n=60, busy_timeout=0.2)
+    db = DB(
+        path,
+        checkpoint_interval=0,
+        min_checkpoint_page_count=20,
+        truncate_page_n=60,
+        busy_timeout=0.2,
+    )
     reader = connect(path)
     try:
         db.sync()

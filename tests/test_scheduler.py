@@ -15,7 +15,11 @@ from litestream_fast.scheduler import Replicator
 
 
 def ls_restore(replica: str, out: str) -> None:
-    subprocess.run([litestream_bin(), "restore", "-o", out, f"file://{replica}"], check=True, capture_output=True)
+    subprocess.run(
+        [litestream_bin(), "restore", "-o", out, f"file://{replica}"],
+        check=True,
+        capture_output=True,
+    )
 
 
 def wait_for(pred, timeout: float = 20.0) -> bool:
@@ -37,11 +41,17 @@ def test_many_dbs_and_a_failing_replica(tmp_path):
         app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
         apps.append(app)
         replicas = [
-            ReplicaConfig(type="file", name="good", path=str(tmp_path / f"{name}-good"), sync_interval=0.1),
-            ReplicaConfig(type="file", name="also", path=str(tmp_path / f"{name}-also"), sync_interval=0.1),
+            ReplicaConfig(
+                type="file", name="good", path=str(tmp_path / f"{name}-good"), sync_interval=0.1
+            ),
+            ReplicaConfig(
+                type="file", name="also", path=str(tmp_path / f"{name}-also"), sync_interval=0.1
+            ),
         ]
         if name == "a":
-            replicas.append(ReplicaConfig(type="file", name="bad", path=str(blocker / "r"), sync_interval=0.1))
+            replicas.append(
+                ReplicaConfig(type="file", name="bad", path=str(blocker / "r"), sync_interval=0.1)
+            )
         cfgs.append(DBConfig(path=path, monitor_interval=0.1, checkpoint_interval=0.3,
                              min_checkpoint_page_count=20, replicas=replicas))  # fmt: skip
     rep = Replicator.from_config(cfgs)
@@ -61,11 +71,13 @@ def test_many_dbs_and_a_failing_replica(tmp_path):
         assert a.db.index >= 1  # checkpoints went on despite the failing replica
     finally:
         rep.stop(timeout=10)
-    for name, app in zip(("a", "b"), apps):
+    for name, app in zip(("a", "b"), apps, strict=False):
         for which in ("good", "also"):
             out = str(tmp_path / f"{name}-{which}.out.db")
             ls_restore(str(tmp_path / f"{name}-{which}"), out)
-            assert integrity_ok(out) and content_hash(out) == content_hash(str(tmp_path / f"{name}.db"))
+            assert integrity_ok(out) and content_hash(out) == content_hash(
+                str(tmp_path / f"{name}.db")
+            )
         app.close()
 
 

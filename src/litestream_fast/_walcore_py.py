@@ -80,9 +80,7 @@ def scan_frames(
         raise InvalidWALHeader(f"invalid wal page size: {page_size}")
     fsize = FRAME_HEADER_SIZE + page_size
     if offset < WAL_HEADER_SIZE or (offset - WAL_HEADER_SIZE) % fsize:
-        raise MisalignedOffset(
-            f"offset {offset} is not a frame boundary for page size {page_size}"
-        )
+        raise MisalignedOffset(f"offset {offset} is not a frame boundary for page size {page_size}")
     a, b = s0 & _MASK, s1 & _MASK
     pos = commit_end = valid_end = offset
     frames = commit_frames = db_size = 0

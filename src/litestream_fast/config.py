@@ -31,6 +31,8 @@ DEFAULT_BUSY_TIMEOUT = 1.0
 DEFAULT_SYNC_INTERVAL = 1.0
 DEFAULT_RETENTION = 24 * 3600.0
 DEFAULT_RETENTION_CHECK_INTERVAL = 3600.0
+DEFAULT_MAX_LAG = 60.0
+DEFAULT_HEARTBEAT_INTERVAL = 300.0
 
 URL_RE = re.compile(r"^\w+://")
 
@@ -148,6 +150,9 @@ class Config:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     access_key_id: str | None = None
     secret_access_key: str | None = None
+    max_lag: float = DEFAULT_MAX_LAG
+    heartbeat_url: str | None = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL
 
     def db(self, path: str) -> DBConfig | None:
         """db returns the config of the database at ``path`` (compared as absolute paths)."""
@@ -170,7 +175,10 @@ _DB_KEYS = {
     "path", "meta-path", "monitor-interval", "checkpoint-interval", "min-checkpoint-page-count",
     "max-checkpoint-page-count", "truncate-page-n", "busy-timeout", "replicas", "replica",
 }  # fmt: skip
-_TOP_KEYS = {"dbs", "addr", "exec", "logging", "access-key-id", "secret-access-key"}
+_TOP_KEYS = {
+    "dbs", "addr", "exec", "logging", "access-key-id", "secret-access-key", "max-lag",
+    "heartbeat-url", "heartbeat-interval",
+}  # fmt: skip
 _LOGGING_KEYS = {"level", "type", "stderr"}
 
 
@@ -207,6 +215,16 @@ def parse_config(text: str, expand: bool = True, source: str = "config") -> Conf
         cfg.addr = _str(raw["addr"], "addr")
     if raw.get("exec") is not None:
         cfg.exec = _str(raw["exec"], "exec")
+    if "max-lag" in raw:
+        cfg.max_lag = parse_duration(raw["max-lag"], "max-lag")
+    if raw.get("heartbeat-url"):
+        cfg.heartbeat_url = _str(raw["heartbeat-url"], "heartbeat-url")
+        if not re.match(r"^https?://", cfg.heartbeat_url):
+            raise ConfigError(f"heartbeat-url: must be an http(s) URL, got {cfg.heartbeat_url!r}")
+    if "heartbeat-interval" in raw:
+        cfg.heartbeat_interval = parse_duration(raw["heartbeat-interval"], "heartbeat-interval")
+        if cfg.heartbeat_interval <= 0:
+            raise ConfigError("heartbeat-interval: must be positive")
     cfg.access_key_id = raw.get("access-key-id")
     cfg.secret_access_key = raw.get("secret-access-key")
     lg = raw.get("logging") or {}
@@ -243,13 +261,17 @@ def _parse_db(d: Any, where: str, cfg: Config) -> DBConfig:
     path = os.path.abspath(os.path.expanduser(_str(d["path"], f"{where}.path")))
     db = DBConfig(path=path)
     if d.get("meta-path"):
-        db.meta_path = os.path.abspath(os.path.expanduser(_str(d["meta-path"], f"{where}.meta-path")))
+        db.meta_path = os.path.abspath(
+            os.path.expanduser(_str(d["meta-path"], f"{where}.meta-path"))
+        )
     if "monitor-interval" in d:
         db.monitor_interval = parse_duration(d["monitor-interval"], f"{where}.monitor-interval")
         if db.monitor_interval <= 0:
             raise ConfigError(f"{where}.monitor-interval: must be positive")
     if "checkpoint-interval" in d:
-        db.checkpoint_interval = parse_duration(d["checkpoint-interval"], f"{where}.checkpoint-interval")
+        db.checkpoint_interval = parse_duration(
+            d["checkpoint-interval"], f"{where}.checkpoint-interval"
+        )
     if "min-checkpoint-page-count" in d:
         db.min_checkpoint_page_count = _int(
             d["min-checkpoint-page-count"], f"{where}.min-checkpoint-page-count", 1

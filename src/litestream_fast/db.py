@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import apsw
 
 from litestream_fast import naming, shadow, wal
-from litestream_fast.errors import DatabaseError, InvalidWALHeader, SQLiteTooOld
+from litestream_fast.errors import DatabaseError, SQLiteTooOld
 from litestream_fast.pos import Pos
 
 log = logging.getLogger("litestream_fast.db")
@@ -114,6 +114,9 @@ class DB:
         self.sync_count = 0
         self.sync_error_count = 0
         self.checkpoint_count: dict[str, int] = {}
+        self.checkpoint_error_count: dict[str, int] = {}
+        self.checkpoint_seconds: dict[str, float] = {}
+        self.sync_seconds = 0.0
         self.generation_reasons: dict[str, int] = {}
         self.total_wal_bytes = 0
 
@@ -167,7 +170,9 @@ class DB:
         if str(mode).lower() != "wal":
             raise DatabaseError(f"could not enable WAL mode on {self.path} (journal_mode={mode})")
         self._conn.execute("PRAGMA wal_autocheckpoint=0").fetchall()
-        self._conn.execute("CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)"
+        )
         self._conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self.page_size = self._conn.execute("PRAGMA page_size").fetchall()[0][0]
         self._read = self._connect()
@@ -248,7 +253,9 @@ class DB:
         live = self._read_wal_header()
         if live != state.header.raw:
             # The WAL restarted while we were not watching: frames may be lost.
-            log.info("wal header changed while stopped; a new generation will start: db=%s", self.path)
+            log.info(
+                "wal header changed while stopped; a new generation will start: db=%s", self.path
+            )
             shadow.remove_generation_file(self.meta_path)
             return
         self.generation, self.index, self._shadow = gen, indexes[-1], state
@@ -282,7 +289,9 @@ class DB:
         """Start the next shadow index after a WAL restart (same generation)."""
         assert self.generation
         self.index += 1
-        self._shadow = shadow.create(shadow.shadow_path(self.meta_path, self.generation, self.index), hdr)
+        self._shadow = shadow.create(
+            shadow.shadow_path(self.meta_path, self.generation, self.index), hdr
+        )
         log.debug("wal restarted: db=%s pos=%s", self.path, self.pos())
 
     # ------------------------------------------------------------------- reading
@@ -330,12 +339,15 @@ class DB:
         with self._lock:
             if not self.open():
                 return SyncResult(False)
+            t0 = time.monotonic()
             try:
                 result = self._sync_locked()
             except Exception as exc:
                 self.sync_error_count += 1
                 self.last_error = str(exc)
                 raise
+            finally:
+                self.sync_seconds += time.monotonic() - t0
             self.sync_count += 1
             if self._conn is not None:  # a deleted database keeps its error until it returns
                 self.last_error = None
@@ -390,7 +402,9 @@ class DB:
     def _sync_locked_after_pin(self, changed: bool, reason: str | None) -> SyncResult:
         # Our own seq write restarted a fully checkpointed WAL: go through the usual path.
         again = self._sync_locked()
-        return SyncResult(changed or again.changed or reason is not None, reason or again.new_generation_reason)
+        return SyncResult(
+            changed or again.changed or reason is not None, reason or again.new_generation_reason
+        )
 
     def _verify(self) -> tuple[str | None, wal.WalHeader | None]:
         """_verify compares the shadow WAL with the live WAL (Litestream's verify()).
@@ -534,7 +548,9 @@ class DB:
             # WAL is TRUNCATE (which waits for readers and blocks writers) tried.
             self.checkpoint("PASSIVE")
             with self._lock:
-                still = self._shadow is not None and self._shadow.size >= wal.calc_wal_size(ps, self.truncate_page_n)
+                still = self._shadow is not None and self._shadow.size >= wal.calc_wal_size(
+                    ps, self.truncate_page_n
+                )
             if not still:
                 return "PASSIVE"
             self.checkpoint("TRUNCATE")
@@ -569,55 +585,70 @@ class DB:
             raise ValueError(f"unsupported checkpoint mode {mode}")
         if not self._ckpt_lock.acquire(blocking=False):
             return False
+        t0 = time.monotonic()
         try:
-            with self._lock:
-                if not self.open():
-                    return False
-                t0 = time.monotonic()
-                self._sync_locked()  # catch up without blocking writers
-                assert self._conn is not None and self._ckpt is not None
-                before = self._read_wal_header()
-                busy, nlog = 1, -1  # SQLite's result row: busy flag, frames in the log
-                barrier = mode == "PASSIVE"
-                if barrier:
-                    self._conn.execute("BEGIN IMMEDIATE")  # no commit from now on
-                try:
-                    if barrier:
-                        self._sync_locked()  # seal what committed before the barrier
-                    sealed_gen = self.generation
-                    self._end_read()
-                    try:
-                        row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
-                        busy, nlog = row[0], row[1]
-                    except apsw.BusyError:
-                        log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
-                finally:
-                    if barrier and not self._conn.get_autocommit():
-                        self._conn.execute("ROLLBACK")
-                # A write now restarts the WAL if it was fully checkpointed; our read
-                # transaction then pins the new WAL.
-                try:
-                    self._bump_seq()
-                finally:
-                    self._begin_read()
-                self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
-                self._last_checkpoint = time.monotonic()
-                self._synced_since_checkpoint = False
-                after = self._read_wal_header()
-                if mode == "TRUNCATE" and busy == 0 and after != before and self.generation == sealed_gen:
-                    # A commit could slip in between our last copy and the moment TRUNCATE
-                    # took the write lock, and SQLite no longer tells how many frames it
-                    # checkpointed; so, as Litestream v0.5 does, restart from a snapshot.
-                    self._new_generation("truncate checkpoint")
-                # Otherwise the usual verify decides: same WAL, one restart (copy the rest
-                # of the old WAL, then the next index), or a new generation.
-                self._sync_locked()
-                log.debug("checkpoint: db=%s mode=%s busy=%s frames=%s seconds=%.3f pos=%s",
-                          self.path, mode, busy, nlog, time.monotonic() - t0, self.pos())  # fmt: skip
-                self._changed.notify_all()
-                return True
+            return self._checkpoint_locked(mode)
+        except Exception:
+            self.checkpoint_error_count[mode] = self.checkpoint_error_count.get(mode, 0) + 1
+            raise
         finally:
+            self.checkpoint_seconds[mode] = (
+                self.checkpoint_seconds.get(mode, 0.0) + time.monotonic() - t0
+            )
             self._ckpt_lock.release()
+
+    def _checkpoint_locked(self, mode: str) -> bool:
+        with self._lock:
+            if not self.open():
+                return False
+            t0 = time.monotonic()
+            self._sync_locked()  # catch up without blocking writers
+            assert self._conn is not None and self._ckpt is not None
+            before = self._read_wal_header()
+            busy, nlog = 1, -1  # SQLite's result row: busy flag, frames in the log
+            barrier = mode == "PASSIVE"
+            if barrier:
+                self._conn.execute("BEGIN IMMEDIATE")  # no commit from now on
+            try:
+                if barrier:
+                    self._sync_locked()  # seal what committed before the barrier
+                sealed_gen = self.generation
+                self._end_read()
+                try:
+                    row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+                    busy, nlog = row[0], row[1]
+                except apsw.BusyError:
+                    log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
+            finally:
+                if barrier and not self._conn.get_autocommit():
+                    self._conn.execute("ROLLBACK")
+            # A write now restarts the WAL if it was fully checkpointed; our read
+            # transaction then pins the new WAL.
+            try:
+                self._bump_seq()
+            finally:
+                self._begin_read()
+            self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
+            self._last_checkpoint = time.monotonic()
+            self._synced_since_checkpoint = False
+            after = self._read_wal_header()
+            if (
+                mode == "TRUNCATE"
+                and busy == 0
+                and after != before
+                and self.generation == sealed_gen
+            ):
+                # A commit could slip in between our last copy and the moment TRUNCATE
+                # took the write lock, and SQLite no longer tells how many frames it
+                # checkpointed; so, as Litestream v0.5 does, restart from a snapshot.
+                self._new_generation("truncate checkpoint")
+            # Otherwise the usual verify decides: same WAL, one restart (copy the rest
+            # of the old WAL, then the next index), or a new generation.
+            self._sync_locked()
+            log.debug("checkpoint: db=%s mode=%s busy=%s frames=%s seconds=%.3f pos=%s",
+                      self.path, mode, busy, nlog, time.monotonic() - t0, self.pos())  # fmt: skip
+            self._changed.notify_all()
+            return True
 
     # ----------------------------------------------------------------- snapshots
 
@@ -636,7 +667,9 @@ class DB:
         with self._lock:
             if not self.generation:
                 return
-            positions = [p for p in self._replica_positions.values() if p.generation == self.generation]
+            positions = [
+                p for p in self._replica_positions.values() if p.generation == self.generation
+            ]
             if len(positions) < len(self._replica_positions) or not positions:
                 return
             keep_from = min(p.index for p in positions) - 1

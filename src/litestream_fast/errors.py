@@ -75,3 +75,7 @@ class DatabaseError(LitestreamError):
 
 class SQLiteTooOld(DatabaseError):
     """The SQLite linked in is older than 3.51.3 and has the WAL-reset corruption bug."""
+
+
+class UsageError(LitestreamError, ValueError):
+    """Command-line arguments that cannot be used together or do not parse (one-line message)."""

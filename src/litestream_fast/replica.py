@@ -60,6 +60,7 @@ class Replica:
         self.wal_bytes = 0
         self.segments_uploaded = 0
         self.snapshots_taken = 0
+        self.validations: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -114,10 +115,14 @@ class Replica:
             raise ReplicaError(f"generation {pos.generation} is no longer current")
         n = end - pos.offset
         with open(path, "rb") as f:
-            self.client.write_wal_segment(pos, compression.compress_chunks(_read_range(f, pos.offset, end)))
+            self.client.write_wal_segment(
+                pos, compression.compress_chunks(_read_range(f, pos.offset, end))
+            )
         self.wal_bytes += n
         self.segments_uploaded += 1
-        log.debug("wal segment written: db=%s replica=%s pos=%s size=%d", self.db.path, self.name, pos, n)
+        log.debug(
+            "wal segment written: db=%s replica=%s pos=%s size=%d", self.db.path, self.name, pos, n
+        )
 
     # -------------------------------------------------------------- positions
 
@@ -183,7 +188,9 @@ class Replica:
             if cur.offset < pos.offset:
                 self._upload_segment(cur, pos.offset)
             self.pos = pos
-            info = self.client.write_snapshot(pos.generation, pos.index, compression.compress_chunks(chunks))
+            info = self.client.write_snapshot(
+                pos.generation, pos.index, compression.compress_chunks(chunks)
+            )
         self.snapshots_taken += 1
         self.last_snapshot_at = info.created_at.timestamp()
         log.info("snapshot written: db=%s replica=%s generation=%s index=%08x size=%d seconds=%.2f",
@@ -221,7 +228,9 @@ class Replica:
             self.pos = self.snapshot()
             gens = self.client.generations()
             snaps = {g: self.client.snapshots(g) for g in gens}
-            retained = [s for ss in snaps.values() for s in ss if s.created_at.timestamp() >= cutoff]
+            retained = [
+                s for ss in snaps.values() for s in ss if s.created_at.timestamp() >= cutoff
+            ]
             retained += [s for s in snaps.get(self.pos.generation, []) if s.index == self.pos.index]
         current = self.db.generation
         deleted = 0
@@ -278,9 +287,13 @@ class Replica:
             try:
                 self.sync_once()
             except LitestreamError as exc:
-                log.error("final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+                log.error(
+                    "final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
+                )
             except OSError as exc:
-                log.error("final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+                log.error(
+                    "final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
+                )
 
     def _run(self) -> None:
         from litestream_fast.logs import RateLimitedLogger
@@ -295,7 +308,9 @@ class Replica:
             except Exception as exc:  # noqa: BLE001 - any failure is logged and retried
                 self.last_error = str(exc)
                 self.pos = Pos("", 0, 0)  # recompute from the replica next time (as v0.3)
-                errors.error("replica sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc)
+                errors.error(
+                    "replica sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
+                )
                 backoff = min(max(backoff * 2, self.sync_interval), 60.0)
             self._stop.wait(backoff)
 

@@ -47,8 +47,7 @@ class ReplicaClient(Protocol):
         """Store a (compressed) snapshot atomically and return what was stored."""
         ...
 
-    def delete_snapshot(self, generation: str, index: int) -> None:
-        ...
+    def delete_snapshot(self, generation: str, index: int) -> None: ...
 
     def snapshot_reader(self, generation: str, index: int) -> BinaryIO:
         """Open a stored snapshot's compressed bytes. Raises ObjectNotFound."""
@@ -62,8 +61,7 @@ class ReplicaClient(Protocol):
         """Store a (compressed) WAL segment atomically at ``pos``."""
         ...
 
-    def delete_wal_segments(self, positions: list[Pos]) -> None:
-        ...
+    def delete_wal_segments(self, positions: list[Pos]) -> None: ...
 
     def wal_segment_reader(self, pos: Pos) -> BinaryIO:
         """Open a stored WAL segment's compressed bytes. Raises ObjectNotFound."""

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
+import urllib.request
 
+from litestream_fast import status
 from litestream_fast.config import DBConfig, build_client
 from litestream_fast.db import DB
 from litestream_fast.logs import RateLimitedLogger
@@ -29,6 +32,7 @@ class ManagedDB:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._errors = RateLimitedLogger(log, interval=30.0)
+        self._published_at = 0.0
 
     @classmethod
     def from_config(cls, cfg: DBConfig) -> ManagedDB:
@@ -69,12 +73,24 @@ class ManagedDB:
         for r in self.replicas:
             r.start()
 
+    def publish_status(self) -> None:
+        """publish_status writes the state ``litestream-fast status`` reads (~1/s)."""
+        now = time.monotonic()
+        if now - self._published_at < 1.0:
+            return
+        self._published_at = now
+        try:
+            status.publish(self.db.meta_path, status.db_state(self))
+        except OSError as exc:
+            self._errors.error("publish status failed: db=%s error=%s", self.db.path, exc)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 self.monitor_once()
             except Exception as exc:  # noqa: BLE001 - logged, retried next tick
                 self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
+            self.publish_status()
             self._stop.wait(self.db.monitor_interval)
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
@@ -95,8 +111,42 @@ class ManagedDB:
 class Replicator:
     """Replicator runs every configured database with its replicas."""
 
-    def __init__(self, dbs: list[ManagedDB]) -> None:
+    def __init__(self, dbs: list[ManagedDB], heartbeat_url: str | None = None,
+                 heartbeat_interval: float = 300.0) -> None:  # fmt: skip
         self.dbs = dbs
+        self.heartbeat_url = heartbeat_url
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeats_sent = 0
+        self._stop = threading.Event()
+        self._hb_thread: threading.Thread | None = None
+        self._errors = RateLimitedLogger(log, interval=60.0)
+
+    def healthy_and_synced(self) -> bool:
+        """True when every replica synced without error and holds what its DB holds."""
+        return all(
+            r.last_error is None and r.last_sync_at is not None and r.lag() == 0
+            for m in self.dbs
+            for r in m.replicas
+        )
+
+    def heartbeat_once(self) -> bool:
+        """heartbeat_once GETs ``heartbeat-url`` if every replica is in sync."""
+        if not self.heartbeat_url or not self.healthy_and_synced():
+            return False
+        try:
+            with urllib.request.urlopen(self.heartbeat_url, timeout=10) as resp:
+                resp.read()
+        except OSError as exc:
+            self._errors.error("heartbeat failed: url=%s error=%s", self.heartbeat_url, exc)
+            return False
+        self.heartbeats_sent += 1
+        return True
+
+    def _heartbeat_loop(self) -> None:
+        last = 0.0
+        while not self._stop.wait(1.0):
+            if time.monotonic() - last >= self.heartbeat_interval and self.heartbeat_once():
+                last = time.monotonic()
 
     @classmethod
     def from_config(cls, dbs: list[DBConfig]) -> Replicator:
@@ -109,8 +159,14 @@ class Replicator:
             except Exception as exc:  # noqa: BLE001 - keep going; the monitor retries
                 log.error("open failed: db=%s error=%s", m.db.path, exc)
             m.start()
+        if self.heartbeat_url:
+            self._hb_thread = threading.Thread(
+                target=self._heartbeat_loop, name="heartbeat", daemon=True
+            )
+            self._hb_thread.start()
         log.info("replicating %d database(s)", len(self.dbs))
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
+        self._stop.set()
         for m in self.dbs:
             m.stop(final_sync=final_sync, timeout=timeout)

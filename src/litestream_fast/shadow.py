@@ -123,7 +123,9 @@ def recover(path: str) -> ShadowState | None:
             header = wal.WalHeader.parse(raw)
         except InvalidWALHeader:
             return None
-        end, checksum = scan_file(fd, header, wal.WAL_HEADER_SIZE, size, (header.checksum1, header.checksum2))
+        end, checksum = scan_file(
+            fd, header, wal.WAL_HEADER_SIZE, size, (header.checksum1, header.checksum2)
+        )
         if end != size:
             os.ftruncate(fd, end)
             os.fsync(fd)
@@ -144,7 +146,9 @@ def scan_file(
     pos, commit_end, commit_ck, ck = start, start, checksum, checksum
     end = wal.frame_align(end, header.page_size)
     while pos < end:
-        n = os.preadv(fd, [mv[wal.WAL_HEADER_SIZE : wal.WAL_HEADER_SIZE + min(chunk, end - pos)]], pos)
+        n = os.preadv(
+            fd, [mv[wal.WAL_HEADER_SIZE : wal.WAL_HEADER_SIZE + min(chunk, end - pos)]], pos
+        )
         if n <= 0:
             break
         n -= n % fs

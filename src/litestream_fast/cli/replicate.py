@@ -26,11 +26,36 @@ SHUTDOWN_TIMEOUT = 30.0
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1)
-@click.option("-config", "--config", "config_path", metavar="PATH", help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).")
-@click.option("-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file.")
-@click.option("-exec", "--exec", "exec_cmd", metavar="CMD", help="Run CMD as a child process; stop when it exits.")
-@click.option("-log-level", "--log-level", type=click.Choice(["debug", "info", "warn", "error"]), help="Override logging.level.")
-def replicate(args: tuple[str, ...], config_path: str | None, no_expand_env: bool, exec_cmd: str | None, log_level: str | None) -> None:
+@click.option(
+    "-config",
+    "--config",
+    "config_path",
+    metavar="PATH",
+    help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).",
+)
+@click.option(
+    "-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file."
+)
+@click.option(
+    "-exec",
+    "--exec",
+    "exec_cmd",
+    metavar="CMD",
+    help="Run CMD as a child process; stop when it exits.",
+)
+@click.option(
+    "-log-level",
+    "--log-level",
+    type=click.Choice(["debug", "info", "warn", "error"]),
+    help="Override logging.level.",
+)
+def replicate(
+    args: tuple[str, ...],
+    config_path: str | None,
+    no_expand_env: bool,
+    exec_cmd: str | None,
+    log_level: str | None,
+) -> None:
     """Replicate databases: from the config file, or DB_PATH REPLICA_URL [REPLICA_URL...].
 
     Runs until SIGINT/SIGTERM (a final sync is made first; a second signal exits at once)
@@ -63,6 +88,14 @@ def replicate(args: tuple[str, ...], config_path: str | None, no_expand_env: boo
 def run(cfg: Config, exec_cmd: str | None) -> int:
     """run starts replication, waits for a signal or the child, and shuts down cleanly."""
     replicator = Replicator.from_config(cfg.dbs)
+    replicator.heartbeat_url = cfg.heartbeat_url
+    replicator.heartbeat_interval = cfg.heartbeat_interval
+    server = None
+    if cfg.addr:
+        from litestream_fast.metrics import MetricsServer
+
+        server = MetricsServer(replicator, cfg.addr, max_lag=cfg.max_lag)
+        server.start()
     replicator.start()
     for m in replicator.dbs:
         for r in m.replicas:
@@ -105,5 +138,7 @@ def run(cfg: Config, exec_cmd: str | None) -> int:
         log.info("signal received, litestream-fast shutting down")
 
     replicator.stop(final_sync=True, timeout=SHUTDOWN_TIMEOUT)
+    if server is not None:
+        server.stop()
     log.info("litestream-fast shut down")
     return status
