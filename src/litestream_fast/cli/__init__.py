@@ -44,9 +44,24 @@ def version() -> None:
     click.echo(f"litestream-fast v{__version__} (backend: {BACKEND})")
 
 
-def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="litestream-fast", standalone_mode=True)
+def main(args: list[str] | None = None) -> None:
+    """Console-script entry point: every error is one line on stderr and exit status 1."""
+    try:
+        rv = cli.main(args=args, prog_name="litestream-fast", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # bare command: help, as Litestream
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+        sys.exit(1)
+    except click.UsageError as exc:
+        hint = f" (see 'litestream-fast {exc.ctx.info_name} -h')" if exc.ctx and exc.ctx.parent else ""
+        click.echo(f"error: {exc.format_message()}{hint}", err=True)
+        sys.exit(1)
+    except click.ClickException as exc:
+        click.echo(f"error: {exc.format_message()}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rv if isinstance(rv, int) else 0)
 
 
 # Register every command on the group (each module does ``@cli.command()``).
