@@ -91,7 +91,7 @@ class DB:
         # _lock guards the shadow state and the SQLite connections; _ckpt_lock is held by
         # checkpoints and snapshots so a snapshot never races a WAL restart.
         self._lock = threading.RLock()
-        self._ckpt_lock = threading.Lock()
+        self._ckpt_lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._conn: apsw.Connection | None = None
         self._read: apsw.Connection | None = None

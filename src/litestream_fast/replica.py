@@ -43,6 +43,7 @@ class Replica:
         retention: float = 24 * 3600.0,
         retention_check_interval: float = 3600.0,
         snapshot_interval: float = 0.0,
+        validation_interval: float = 0.0,
     ) -> None:
         self.db = db
         self.client = client
@@ -51,6 +52,8 @@ class Replica:
         self.retention = retention
         self.retention_check_interval = retention_check_interval
         self.snapshot_interval = snapshot_interval
+        self.validation_interval = validation_interval
+        self._last_validation_at = time.monotonic()
         self.last_snapshot_at: float | None = None  # wall time of the newest snapshot
         self._last_retention_at = time.monotonic()
         self.behind_since: float | None = None  # wall time the DB first got ahead of us
@@ -267,6 +270,14 @@ class Replica:
             self.db.checkpoint("PASSIVE")
             self.sync_once()
             self.pos = self.snapshot()
+        if (
+            self.validation_interval > 0
+            and time.monotonic() - self._last_validation_at >= self.validation_interval
+        ):
+            from litestream_fast.validation import validate
+
+            self._last_validation_at = time.monotonic()
+            validate(self)
         interval = min(self.retention_check_interval, self.retention) if self.retention > 0 else 0
         if interval > 0 and time.monotonic() - self._last_retention_at >= interval:
             self._last_retention_at = time.monotonic()

@@ -54,6 +54,7 @@ class ManagedDB:
                 retention=rc.retention,
                 retention_check_interval=rc.retention_check_interval,
                 snapshot_interval=rc.snapshot_interval,
+                validation_interval=rc.validation_interval,
             )
             for rc in cfg.replicas
         ]

@@ -5,4 +5,5 @@ from litestream_fast.cli import (  # noqa: F401
     replicate,
     restore,
     status,
+    verify,
 )
