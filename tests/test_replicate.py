@@ -354,3 +354,45 @@ def test_shadow_wal_layout_matches_litestream(env):
     hdr = wal.WalHeader.parse(data)
     r2 = wal.scan(data, hdr, 32)
     assert r2.commit_end == len(data) == db.pos().offset
+
+
+def test_wal_restart_while_down_continues_when_nothing_was_lost(env, tmp_path):
+    """The app checkpoints and restarts the WAL once while we are down, without
+    overwriting frames we had not copied: we continue the generation at the next index."""
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    insert(app, 3)  # not yet copied, still in the old WAL
+    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    insert(app, 1)  # restarts the WAL: overwrites frame 1 only
+    db2 = DB(path, checkpoint_interval=0)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert pos.generation == gen and pos.index == 1
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+
+
+def test_two_wal_restarts_while_down_start_new_generation(env, tmp_path):
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    for _ in range(2):
+        insert(app, 3)
+        app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    insert(app, 1)
+    db2 = DB(path, checkpoint_interval=0)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert pos.generation != gen
+        assert "wal restarted more than once between syncs" in db2.generation_reasons
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()

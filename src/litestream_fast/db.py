@@ -238,8 +238,10 @@ class DB:
     # ---------------------------------------------------------------- generations
 
     def _load_generation(self) -> None:
-        """Pick up the generation a previous run left, if its shadow WAL still checks out
-        and still matches the live WAL's header."""
+        """Pick up the generation a previous run left if its shadow WAL still checks out
+        (every frame re-verified, a torn tail cut). Whether the live WAL still continues
+        it is decided by the first sync's ``_verify``, exactly as while running: the same
+        WAL, one restart with nothing overwritten, or else a new generation."""
         gen = shadow.read_generation(self.meta_path)
         self.generation, self._shadow = None, None
         if gen is None:
@@ -248,15 +250,13 @@ class DB:
         if not indexes:
             return
         state = shadow.recover(shadow.shadow_path(self.meta_path, gen, indexes[-1]))
-        if state is None or state.header.page_size != self.page_size:
+        if state is None:
+            log.info("shadow wal unreadable; a new generation will start: db=%s", self.path)
             return
-        live = self._read_wal_header()
-        if live != state.header.raw:
-            # The WAL restarted while we were not watching: frames may be lost.
+        if state.header.page_size != self.page_size:
             log.info(
-                "wal header changed while stopped; a new generation will start: db=%s", self.path
+                "page size changed while stopped; a new generation will start: db=%s", self.path
             )
-            shadow.remove_generation_file(self.meta_path)
             return
         self.generation, self.index, self._shadow = gen, indexes[-1], state
 
