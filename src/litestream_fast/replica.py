@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -192,7 +193,9 @@ class Replica:
                 self._upload_segment(cur, pos.offset)
             self.pos = pos
             info = self.client.write_snapshot(
-                pos.generation, pos.index, compression.compress_chunks(chunks)
+                pos.generation,
+                pos.index,
+                compression.compress_chunks(_with_progress(chunks, self.db.path)),
             )
         self.snapshots_taken += 1
         self.last_snapshot_at = info.created_at.timestamp()
@@ -324,6 +327,29 @@ class Replica:
                 )
                 backoff = min(max(backoff * 2, self.sync_interval), 60.0)
             self._stop.wait(backoff)
+
+
+PROGRESS_MIN_BYTES = 64 << 20
+
+
+def _with_progress(chunks: Iterator[bytes], db_path: str) -> Iterator[bytes]:
+    """_with_progress shows a progress bar for a large snapshot when stderr is a terminal
+    (never in logs or under a service manager)."""
+    try:
+        total = os.path.getsize(db_path)
+    except OSError:
+        total = 0
+    if total < PROGRESS_MIN_BYTES or not sys.stderr.isatty():
+        yield from chunks
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="snapshot", leave=False
+    ) as bar:
+        for chunk in chunks:
+            bar.update(len(chunk))
+            yield chunk
 
 
 def _read_range(f, start: int, end: int) -> Iterator[bytes]:
