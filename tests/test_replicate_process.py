@@ -8,6 +8,7 @@ k is row k, so a restore can be checked to be exactly a committed prefix.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -297,3 +298,48 @@ def test_large_transaction_bounded_memory(tmp_path):
     out = str(tmp_path / "out.db")
     ls_restore(replica, out)
     assert integrity_ok(out) and row_count(out) == 100
+
+
+def test_json_logging_and_quiet_by_default(tmp_path):
+    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    app = connect(db)
+    app.execute("CREATE TABLE t (x)")
+    cfg = tmp_path / "c.yml"
+    cfg.write_text(
+        f"logging:\n  type: json\ndbs:\n  - path: {db}\n    replicas:\n"
+        f"      - path: {replica}\n        sync-interval: 100ms\n"
+    )
+    p = lf("replicate", "-config", str(cfg), stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: has_snapshot(replica))
+        for i in range(20):  # 20 syncs' worth of changes
+            app.execute("INSERT INTO t VALUES (?)", (i,))
+            time.sleep(0.1)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    lines = [json.loads(line) for line in err.strip().splitlines()]
+    assert all({"time", "level", "msg"} <= set(d) for d in lines)
+    assert any("new generation" in d["msg"] for d in lines)
+    assert len(lines) < 12  # no line per sync at info level
+    app.close()
+
+
+def test_second_signal_exits_at_once(tmp_path):
+    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    connect(db).close()
+    # A child that ignores SIGTERM keeps the first shutdown waiting.
+    child = f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(8)'"
+    p = lf("replicate", "-exec", child, db, f"file://{replica}", stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: has_snapshot(replica))
+        p.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        assert p.poll() is None  # still waiting for the child
+        t0 = time.monotonic()
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(10) != 0
+        assert time.monotonic() - t0 < 5
+    finally:
+        if p.poll() is None:
+            p.kill()
