@@ -52,7 +52,9 @@ def main(args: list[str] | None = None) -> None:
         click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
         sys.exit(1)
     except click.UsageError as exc:
-        hint = f" (see 'litestream-fast {exc.ctx.info_name} -h')" if exc.ctx and exc.ctx.parent else ""
+        hint = (
+            f" (see 'litestream-fast {exc.ctx.info_name} -h')" if exc.ctx and exc.ctx.parent else ""
+        )
         click.echo(f"error: {exc.format_message()}{hint}", err=True)
         sys.exit(1)
     except click.ClickException as exc:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import click
+
 from litestream_fast.config import DEFAULT_CONFIG_PATH, Config, parse_config
 from litestream_fast.errors import ConfigError
 
@@ -25,3 +27,19 @@ def load_config(path: str | None, no_expand_env: bool = False) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     return parse_config(text, expand=not no_expand_env, source=path)
+
+
+def config_options(f):
+    """config_options adds Litestream's ``-config PATH`` and ``-no-expand-env`` flags."""
+    f = click.option(
+        "-no-expand-env", "--no-expand-env", is_flag=True,
+        help="Do not expand $VAR in the config file.",
+    )(f)  # fmt: skip
+    f = click.option(
+        "-config", "--config", "config_path", metavar="PATH",
+        help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).",
+    )(f)  # fmt: skip
+    return f
+
+
+json_option = click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")

@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import load_config
+from litestream_fast.cli.common import config_options, json_option, load_config
 from litestream_fast.config import URL_RE, build_client, replica_config_from_url
 from litestream_fast.errors import ConfigError, LitestreamError, UsageError
 from litestream_fast.replica_client import ReplicaClient
@@ -182,19 +182,6 @@ def _db_updated_at(db_path: str | None) -> float:
     return max(times) if times else time.time()
 
 
-def _config_options(f):
-    f = click.option(
-        "-no-expand-env", "--no-expand-env", is_flag=True,
-        help="Do not expand $VAR in the config file.",
-    )(f)  # fmt: skip
-    f = click.option(
-        "-config", "--config", "config_path", metavar="PATH",
-        help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).",
-    )(f)  # fmt: skip
-    return f
-
-
-_json_option = click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")
 _replica_option = click.option(
     "-replica", "--replica", "replica_name", metavar="NAME", help="Only this replica."
 )
@@ -204,9 +191,9 @@ _replica_option = click.option(
 
 @cli.command()
 @click.argument("target", required=False, metavar="DB_PATH|REPLICA_URL")
-@_config_options
+@config_options
 @_replica_option
-@_json_option
+@json_option
 def generations(
     target: str | None,
     config_path: str | None,
@@ -246,9 +233,9 @@ def generations(
 
 @cli.command()
 @click.argument("target", required=False, metavar="DB_PATH|REPLICA_URL")
-@_config_options
+@config_options
 @_replica_option
-@_json_option
+@json_option
 def snapshots(
     target: str | None,
     config_path: str | None,
@@ -276,10 +263,10 @@ def snapshots(
 
 @cli.command()
 @click.argument("target", required=False, metavar="DB_PATH|REPLICA_URL")
-@_config_options
+@config_options
 @_replica_option
 @click.option("-generation", "--generation", metavar="NAME", help="Only this generation.")
-@_json_option
+@json_option
 def wal(
     target: str | None,
     config_path: str | None,
@@ -311,8 +298,8 @@ def wal(
 
 @cli.command()
 @click.argument("args", nargs=-1)
-@_config_options
-@_json_option
+@config_options
+@json_option
 def databases(
     args: tuple[str, ...], config_path: str | None, no_expand_env: bool, as_json: bool
 ) -> None:

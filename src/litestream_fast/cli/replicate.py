@@ -13,7 +13,7 @@ import threading
 import click
 
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import load_config
+from litestream_fast.cli.common import config_options, load_config
 from litestream_fast.config import URL_RE, Config, DBConfig, replica_config_from_url
 from litestream_fast.errors import ConfigError
 from litestream_fast.logs import setup_logging
@@ -26,16 +26,7 @@ SHUTDOWN_TIMEOUT = 30.0
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.argument("args", nargs=-1)
-@click.option(
-    "-config",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).",
-)
-@click.option(
-    "-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file."
-)
+@config_options
 @click.option(
     "-exec",
     "--exec",

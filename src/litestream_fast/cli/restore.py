@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from litestream_fast.cli import cli
+from litestream_fast.cli.common import config_options
 from litestream_fast.cli.inspect import open_replicas, rfc3339
 from litestream_fast.errors import NoBackupFound, OutputExists, UsageError
 from litestream_fast.restore import (
@@ -98,16 +99,7 @@ def _plan_text(plan: RestorePlan, output: str) -> str:
     metavar="PATH",
     help="Output path (default: the DB path; required with a URL).",
 )
-@click.option(
-    "-config",
-    "--config",
-    "config_path",
-    metavar="PATH",
-    help="Config file (default $LITESTREAM_CONFIG or /etc/litestream.yml).",
-)
-@click.option(
-    "-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file."
-)
+@config_options
 @click.option(
     "-replica",
     "--replica",

@@ -9,16 +9,13 @@ import click
 
 from litestream_fast import status as status_mod
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import load_config
+from litestream_fast.cli.common import config_options, json_option, load_config
 from litestream_fast.shadow import meta_dir_for
 
 
 @cli.command()
-@click.option("-config", "--config", "config_path", metavar="PATH", help="Config file.")
-@click.option(
-    "-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file."
-)
-@click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")
+@config_options
+@json_option
 def status(config_path: str | None, no_expand_env: bool, as_json: bool) -> None:
     """Show generation, position, lag, WAL size and last error per database and replica.
 

@@ -10,7 +10,7 @@ import click
 
 from litestream_fast import status as status_mod
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import load_config
+from litestream_fast.cli.common import config_options, json_option, load_config
 from litestream_fast.config import URL_RE, build_client, replica_config_from_url
 from litestream_fast.db import DB
 from litestream_fast.errors import ConfigError, LitestreamError
@@ -21,12 +21,9 @@ from litestream_fast.shadow import meta_dir_for
 
 @cli.command()
 @click.argument("target")
-@click.option("-config", "--config", "config_path", metavar="PATH", help="Config file.")
-@click.option(
-    "-no-expand-env", "--no-expand-env", is_flag=True, help="Do not expand $VAR in the config file."
-)
+@config_options
 @click.option("-replica", "--replica", "replica_name", metavar="NAME", help="Only this replica.")
-@click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")
+@json_option
 def verify(
     target: str,
     config_path: str | None,
