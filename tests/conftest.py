@@ -6,6 +6,9 @@ import os
 
 from hypothesis import HealthCheck, settings
 
+# S3 fixtures (SeaweedFS on 127.0.0.1) for every test module.
+from conftest_s3 import _s3_session_bucket, s3_bucket, s3_new_bucket, s3_server  # noqa: E402,F401
+
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile(
     "ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]

@@ -109,7 +109,7 @@ class ReplicaConfig:
     bucket: str | None = None
     region: str | None = None
     endpoint: str | None = None
-    force_path_style: bool = False
+    force_path_style: bool | None = None  # None: unset (path style when an endpoint is set)
     skip_verify: bool = False
     access_key_id: str | None = None
     secret_access_key: str | None = None

@@ -65,6 +65,14 @@ class FileReplicaClient:
 
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
+        # Operations by type (GET/PUT/LIST/DELETE), as Litestream counts them for files too.
+        self.op_counts: dict[str, int] = dict.fromkeys(("GET", "PUT", "LIST", "DELETE"), 0)
+        self.op_bytes: dict[str, int] = dict.fromkeys(("GET", "PUT", "LIST", "DELETE"), 0)
+
+    def _count(self, op: str, nbytes: int = 0) -> None:
+        self.op_counts[op] = self.op_counts.get(op, 0) + 1
+        if nbytes:
+            self.op_bytes[op] = self.op_bytes.get(op, 0) + nbytes
 
     def describe(self) -> str:
         return self.root
@@ -75,6 +83,7 @@ class FileReplicaClient:
         return naming.wal_segment_path(self.root, generation, index, offset)
 
     def generations(self) -> list[str]:
+        self._count("LIST")
         try:
             names = os.listdir(naming.generations_dir(self.root))
         except FileNotFoundError:
@@ -84,9 +93,11 @@ class FileReplicaClient:
         return sorted(n for n in names if naming.is_generation(n))
 
     def delete_generation(self, generation: str) -> None:
+        self._count("DELETE")
         shutil.rmtree(naming.generation_dir(self.root, generation), ignore_errors=True)
 
     def _list(self, directory: str) -> list[tuple[str, os.stat_result]]:
+        self._count("LIST")
         try:
             entries = list(os.scandir(directory))
         except FileNotFoundError:
@@ -111,9 +122,11 @@ class FileReplicaClient:
     def write_snapshot(self, generation: str, index: int, data: Payload) -> SnapshotInfo:
         path = naming.snapshot_path(self.root, generation, index)
         n = atomic_write(path, data)
+        self._count("PUT", n)
         return SnapshotInfo(generation, index, n, _mtime(os.stat(path)))
 
     def delete_snapshot(self, generation: str, index: int) -> None:
+        self._count("DELETE")
         try:
             os.unlink(naming.snapshot_path(self.root, generation, index))
         except FileNotFoundError:
@@ -121,6 +134,7 @@ class FileReplicaClient:
 
     def snapshot_reader(self, generation: str, index: int) -> BinaryIO:
         path = naming.snapshot_path(self.root, generation, index)
+        self._count("GET")
         try:
             return open(path, "rb")
         except FileNotFoundError:
@@ -138,10 +152,12 @@ class FileReplicaClient:
     def write_wal_segment(self, pos: Pos, data: Payload) -> WALSegmentInfo:
         path = naming.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
         n = atomic_write(path, data)
+        self._count("PUT", n)
         return WALSegmentInfo(pos.generation, pos.index, pos.offset, n, _mtime(os.stat(path)))
 
     def delete_wal_segments(self, positions: list[Pos]) -> None:
         for p in positions:
+            self._count("DELETE")
             try:
                 os.unlink(naming.wal_segment_path(self.root, p.generation, p.index, p.offset))
             except FileNotFoundError:
@@ -149,6 +165,7 @@ class FileReplicaClient:
 
     def wal_segment_reader(self, pos: Pos) -> BinaryIO:
         path = naming.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
+        self._count("GET")
         try:
             return open(path, "rb")
         except FileNotFoundError:
