@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
-
 # S3 fixtures (SeaweedFS on 127.0.0.1) for every test module.
 from conftest_s3 import _s3_session_bucket, s3_bucket, s3_new_bucket, s3_server  # noqa: E402,F401
+from hypothesis import HealthCheck, settings
 
 settings.register_profile("default", max_examples=60, deadline=None)
 settings.register_profile(

@@ -20,7 +20,6 @@ from litestream_fast.errors import ObjectNotFound, ReplicaError
 from litestream_fast.pos import Pos
 from litestream_fast.replica_client import ReplicaClient
 
-
 GEN = "0123456789abcdef"
 GEN2 = "fedcba9876543210"
 MiB = 1024 * 1024

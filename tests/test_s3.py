@@ -18,7 +18,6 @@ from litestream_fast.config import build_client, parse_config, replica_config_fr
 from litestream_fast.errors import ConfigError, ObjectNotFound, ReplicaError
 from litestream_fast.pos import Pos
 
-
 GEN = "0123456789abcdef"
 MiB = 1024 * 1024
 
