@@ -43,6 +43,8 @@ from litestream_fast.pos import Pos
 log = logging.getLogger("litestream_fast.db")
 
 MIN_SQLITE_VERSION = (3, 51, 3)
+#: At most this many unlocked backfill rounds before a checkpoint's short write barrier.
+PHASE1_ROUNDS = 4
 COPY_CHUNK = 8 << 20
 
 
@@ -95,10 +97,15 @@ class DB:
         self._changed = threading.Condition(self._lock)
         self._conn: apsw.Connection | None = None
         self._read: apsw.Connection | None = None
+        self._read_spare: apsw.Connection | None = None  # for moving the read pin
         self._ckpt: apsw.Connection | None = None
         self._db_fd: int | None = None
         self._db_ino: tuple[int, int] | None = None
         self._need_pin = False
+        # A size-triggered checkpoint that could not reset the WAL: when to retry.
+        self._stuck_size = 0
+        self._stuck_retry_at = 0.0
+        self._stuck_backoff = 1.0
         self.page_size = 0
         self.generation: str | None = None
         self.index = 0
@@ -176,6 +183,7 @@ class DB:
         self._conn.execute("CREATE TABLE IF NOT EXISTS _litestream_lock (id INTEGER)")
         self.page_size = self._conn.execute("PRAGMA page_size").fetchall()[0][0]
         self._read = self._connect()
+        self._read_spare = self._connect()
         self._read.execute("PRAGMA wal_autocheckpoint=0").fetchall()
         self._ckpt = self._connect()
         self._ckpt.execute("PRAGMA wal_autocheckpoint=0").fetchall()
@@ -185,7 +193,7 @@ class DB:
         self._need_pin = True
 
     def _close_connections(self) -> None:
-        for name in ("_read", "_ckpt", "_conn"):
+        for name in ("_read", "_read_spare", "_ckpt", "_conn"):
             conn = getattr(self, name)
             if conn is not None:
                 try:
@@ -202,6 +210,16 @@ class DB:
         with self._lock:
             self._close_connections()
             self._shadow = None
+
+    def _move_read_pin(self) -> None:
+        """Begin a read transaction on the spare reader, then end the old one: the WAL
+        stays pinned throughout, now at its current end."""
+        assert self._read is not None and self._read_spare is not None
+        spare = self._read_spare
+        spare.execute("BEGIN")
+        spare.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+        self._end_read()
+        self._read, self._read_spare = spare, self._read
 
     def _begin_read(self) -> None:
         assert self._read is not None
@@ -274,6 +292,13 @@ class DB:
         if old:
             shutil.rmtree(os.path.join(self.meta_path, "generations", old), ignore_errors=True)
         self._remove_other_generations()
+
+    def new_generation(self, reason: str) -> None:
+        """new_generation starts a new generation now (a replica lost the current one's
+        snapshot); every replica then re-seeds it with a snapshot."""
+        with self._ckpt_lock, self._lock:
+            if self.open():
+                self._new_generation(reason)
 
     def _remove_other_generations(self) -> None:
         root = os.path.join(self.meta_path, "generations")
@@ -537,27 +562,31 @@ class DB:
             return 0
 
     def checkpoint_if_needed(self) -> str | None:
-        """checkpoint_if_needed applies the v0.5 policy; returns the mode run, if any."""
+        """checkpoint_if_needed applies the v0.5 policy; returns the mode run, if any.
+
+        A size-triggered checkpoint that could not reset the WAL (a long-lived reader pins
+        it) is not retried on every tick: each attempt takes the write barrier, and
+        TRUNCATE waits for readers while blocking writers. It is retried once the WAL has
+        grown by another ``min-checkpoint-page-count`` pages, or after a backoff that
+        doubles from 1 s to 1 min.
+        """
         with self._lock:
             if self._shadow is None or not self.generation:
                 return None
             size = self._shadow.size
         ps = self.page_size
-        if size >= wal.calc_wal_size(ps, self.truncate_page_n):
-            # Emergency brake: PASSIVE first; only if readers kept it from resetting the
-            # WAL is TRUNCATE (which waits for readers and blocks writers) tried.
-            self.checkpoint("PASSIVE")
-            with self._lock:
-                still = self._shadow is not None and self._shadow.size >= wal.calc_wal_size(
-                    ps, self.truncate_page_n
-                )
-            if not still:
-                return "PASSIVE"
-            self.checkpoint("TRUNCATE")
-            return "TRUNCATE"
         if size >= wal.calc_wal_size(ps, self.min_checkpoint_page_count):
-            self.checkpoint("PASSIVE")
-            return "PASSIVE"
+            if not self._may_retry(size):
+                return None
+            mode = "PASSIVE"
+            reset = self._checkpoint_resets("PASSIVE")
+            if not reset and size >= wal.calc_wal_size(ps, self.truncate_page_n):
+                # Emergency brake: PASSIVE could not reset a huge WAL; TRUNCATE waits
+                # for readers (up to the busy timeout) and blocks writers meanwhile.
+                mode = "TRUNCATE"
+                reset = self._checkpoint_resets("TRUNCATE")
+            self._note_checkpoint(reset, size)
+            return mode
         if (
             self.checkpoint_interval > 0
             and time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
@@ -567,6 +596,29 @@ class DB:
             self.checkpoint("PASSIVE")
             return "PASSIVE"
         return None
+
+    def _checkpoint_resets(self, mode: str) -> bool:
+        """Run a checkpoint; True if it reset the WAL (new index or generation)."""
+        before = (self.generation, self.index)
+        self.checkpoint(mode)
+        return (self.generation, self.index) != before
+
+    def _may_retry(self, size: int) -> bool:
+        if not self._stuck_size:
+            return True
+        grown = (
+            size - self._stuck_size
+            >= wal.calc_wal_size(self.page_size, self.min_checkpoint_page_count) - 32
+        )
+        return grown or time.monotonic() >= self._stuck_retry_at
+
+    def _note_checkpoint(self, reset: bool, size: int) -> None:
+        if reset:
+            self._stuck_size, self._stuck_backoff = 0, 1.0
+            return
+        self._stuck_size = size
+        self._stuck_retry_at = time.monotonic() + self._stuck_backoff
+        self._stuck_backoff = min(self._stuck_backoff * 2, 60.0)
 
     def checkpoint(self, mode: str = "PASSIVE") -> bool:
         """checkpoint copies every committed frame, then checkpoints. Never RESTART.
@@ -598,10 +650,39 @@ class DB:
             self._ckpt_lock.release()
 
     def _checkpoint_locked(self, mode: str) -> bool:
+        t0 = time.monotonic()
+        if mode == "PASSIVE":
+            # Phase 1, blocking nobody: copy, move our read pin to the WAL's end (the new
+            # pin is taken before the old one is dropped, so the WAL can never restart
+            # in between), and backfill everything up to it. Writers go on; replicas can
+            # read positions (we do not hold _lock while SQLite writes pages). Repeated
+            # while writers added a lot meanwhile, so the barrier below stays short.
+            small = wal.calc_wal_size(self.page_size or 4096, self.min_checkpoint_page_count)
+            for _ in range(PHASE1_ROUNDS):
+                with self._lock:
+                    if not self.open():
+                        return False
+                    before_pos = self.pos()
+                    self._sync_locked()
+                    grew = (
+                        self.pos().offset - before_pos.offset
+                        if self.pos().index == before_pos.index
+                        else small
+                    )
+                    self._move_read_pin()
+                    ckpt = self._ckpt
+                assert ckpt is not None
+                try:
+                    ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                except apsw.BusyError:
+                    break  # another checkpointer (the application's) is at work
+                if grew < small and _ > 0:
+                    break
+        # Phase 2, short: under the write barrier only what committed during phase 1 is
+        # left to copy and to backfill before the WAL may restart.
         with self._lock:
             if not self.open():
                 return False
-            t0 = time.monotonic()
             self._sync_locked()  # catch up without blocking writers
             assert self._conn is not None and self._ckpt is not None
             before = self._read_wal_header()
@@ -609,6 +690,7 @@ class DB:
             barrier = mode == "PASSIVE"
             if barrier:
                 self._conn.execute("BEGIN IMMEDIATE")  # no commit from now on
+                t_barrier = time.monotonic()
             try:
                 if barrier:
                     self._sync_locked()  # seal what committed before the barrier
@@ -622,6 +704,11 @@ class DB:
             finally:
                 if barrier and not self._conn.get_autocommit():
                     self._conn.execute("ROLLBACK")
+                    log.debug(
+                        "write barrier held: db=%s seconds=%.3f",
+                        self.path,
+                        time.monotonic() - t_barrier,
+                    )
             # A write now restarts the WAL if it was fully checkpointed; our read
             # transaction then pins the new WAL.
             try:
