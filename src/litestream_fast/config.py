@@ -249,6 +249,19 @@ def parse_config(text: str, expand: bool = True, source: str = "config") -> Conf
         if d.path in seen:
             raise ConfigError(f"dbs: duplicate database path {d.path}")
         seen.add(d.path)
+    # Two databases replicating to one location would mix their generations: a restore
+    # could return the other database. (v0.3 objects carry no database identity.)
+    locations: dict[tuple, str] = {}
+    for d in cfg.dbs:
+        for r in d.replicas:
+            loc = (r.type, r.endpoint or "", r.bucket or "", (r.path or "").rstrip("/"))
+            other = locations.setdefault(loc, d.path)
+            if other != d.path:
+                where = r.path if r.type == "file" else f"s3://{r.bucket}/{r.path or ''}"
+                raise ConfigError(
+                    f"dbs: {other} and {d.path} replicate to the same location {where}; "
+                    "each database needs its own replica path"
+                )
     return cfg
 
 

@@ -30,6 +30,16 @@ log = logging.getLogger("litestream_fast.replica")
 
 READ_CHUNK = 4 << 20
 
+#: An uploading replica checks at most this often (seconds) that its generation still has
+#: a snapshot in storage: if the prefix was wiped or the snapshot deleted, what it uploads
+#: could never be restored, so it starts a new generation (a fresh snapshot re-seeds it).
+#: Each check is one LIST, so it is rare enough to cost little on S3 (one per 30 s while
+#: writing; none while idle).
+REMOTE_CHECK_INTERVAL = 30.0
+#: ... but not within this long after its own snapshot upload: some stores' listings lag
+#: their writes, and a lagging LIST must not look like a lost snapshot.
+REMOTE_CHECK_GRACE = 10.0
+
 
 class Replica:
     """Replica uploads one DB's changes to one storage client."""
@@ -67,6 +77,8 @@ class Replica:
         self.validations: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._remote_checked_at = time.monotonic()
+        self._snapshot_uploaded_at = 0.0
 
     # ------------------------------------------------------------------- sync
 
@@ -81,7 +93,17 @@ class Replica:
             self.behind_since = time.time()
         if self.pos.generation != dbpos.generation:
             self.pos = self._init_generation(dbpos.generation)
+        elif self.pos < dbpos and self._snapshot_lost(dbpos.generation):
+            log.error("replica lost the snapshot of generation %s (objects deleted?); starting "
+                      "a new generation: db=%s replica=%s", dbpos.generation, self.db.path,
+                      self.name)  # fmt: skip
+            self.db.new_generation("replica lost its snapshot")
+            self.db.sync()
+            dbpos = self.db.pos()
+            self.pos = self._init_generation(dbpos.generation)
         while self.pos < dbpos:
+            if self.pos.generation != dbpos.generation:
+                break  # the DB started a new generation meanwhile: the next sync follows it
             end = self.db.shadow_committed_size(self.pos.generation, self.pos.index)
             if end is None:
                 # The shadow file we need is gone (e.g. meta directory damaged): re-seed
@@ -109,6 +131,17 @@ class Replica:
             self.behind_since = None
         return self.pos
 
+    def _snapshot_lost(self, generation: str) -> bool:
+        """True when storage no longer holds any snapshot of ``generation`` (rate-limited)."""
+        now = time.monotonic()
+        if (
+            now - self._remote_checked_at < REMOTE_CHECK_INTERVAL
+            or now - self._snapshot_uploaded_at < REMOTE_CHECK_GRACE
+        ):
+            return False
+        self._remote_checked_at = now
+        return not self.client.snapshots(generation)
+
     def lag(self) -> float:
         """lag is how long the database has held data this replica has not (seconds)."""
         return 0.0 if self.behind_since is None else max(0.0, time.time() - self.behind_since)
@@ -135,12 +168,11 @@ class Replica:
         snapshot if the generation has no snapshot yet."""
         pos = self.calc_pos(generation)
         if not self.client.snapshots(generation):
-            self.pos = pos
-            return self._snapshot_and_position(generation)
+            return self._snapshot_and_position(generation, pos)
         return pos
 
-    def _snapshot_and_position(self, generation: str) -> Pos:
-        pos = self.snapshot()
+    def _snapshot_and_position(self, generation: str, start: Pos | None = None) -> Pos:
+        pos = self.snapshot(start)
         if pos.generation != generation:
             return Pos("", 0, 0)  # the DB moved on meanwhile; next sync starts over
         return pos
@@ -174,7 +206,7 @@ class Replica:
 
     # -------------------------------------------------------------- snapshots
 
-    def snapshot(self) -> Pos:
+    def snapshot(self, start: Pos | None = None) -> Pos:
         """snapshot uploads the whole database file as ``<index>.snapshot.lz4``.
 
         A database file read while the application may checkpoint is only consistent
@@ -182,22 +214,26 @@ class Replica:
         held off, the segments of the snapshot's index up to the current position are
         uploaded *first*, then the snapshot: a generation that has a snapshot can always
         be restored, and a crash in between leaves a generation without a snapshot, which
-        restore skips. Returns the replica's new position.
+        restore skips. Returns the replica's new position, which ``self.pos`` takes only
+        once the snapshot is stored (a position in a generation without a snapshot would
+        claim data no restore can reach). ``start`` is where the replica's objects of this
+        generation end, if not ``self.pos``.
         """
         t0 = time.monotonic()
         with self.db.snapshot_chunks(READ_CHUNK) as (pos, chunks):
-            cur = self.pos
+            cur = self.pos if start is None else start
             if cur.generation != pos.generation or cur.index != pos.index:
                 cur = Pos(pos.generation, pos.index, 0)
             if cur.offset < pos.offset:
                 self._upload_segment(cur, pos.offset)
-            self.pos = pos
             info = self.client.write_snapshot(
                 pos.generation,
                 pos.index,
                 compression.compress_chunks(_with_progress(chunks, self.db.path)),
             )
+        self.pos = pos
         self.snapshots_taken += 1
+        self._snapshot_uploaded_at = time.monotonic()
         self.last_snapshot_at = info.created_at.timestamp()
         log.info("snapshot written: db=%s replica=%s generation=%s index=%08x size=%d seconds=%.2f",
                  self.db.path, self.name, pos.generation, pos.index, info.size, time.monotonic() - t0)  # fmt: skip
@@ -248,6 +284,10 @@ class Replica:
                 if g == current:
                     continue  # snapshot still being made; its segments are needed
                 n = len(snaps.get(g, [])) + len(self.client.wal_segments(g))
+                # Snapshots first: a deletion cut short then leaves a generation restore
+                # skips, never a snapshot whose chain has holes.
+                for s in snaps.get(g, []):
+                    self.client.delete_snapshot(g, s.index)
                 self.client.delete_generation(g)
                 log.info("generation deleted by retention: replica=%s generation=%s", self.name, g)
                 deleted += n
@@ -259,7 +299,9 @@ class Replica:
                     deleted += 1
             old = [seg.pos for seg in self.client.wal_segments(g) if seg.index < min_index]
             if old:
-                self.client.delete_wal_segments(old)
+                # Newest first: a pass cut short leaves whole leading indexes, each still
+                # starting at offset 0, which Litestream 0.3.13's restore requires.
+                self.client.delete_wal_segments(old[::-1])
                 deleted += len(old)
         if deleted:
             log.info("retention enforced: replica=%s deleted=%d", self.name, deleted)

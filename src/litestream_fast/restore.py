@@ -64,6 +64,7 @@ import glob
 import logging
 import mmap
 import os
+import re
 import struct
 import tempfile
 import threading
@@ -663,7 +664,10 @@ class _Restorer:
         try:
             if self.integrity_check != "none":
                 pragma = "quick_check" if self.integrity_check == "quick" else "integrity_check"
-                rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}(10)")]
+                try:
+                    rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}(10)")]
+                except apsw.Error as exc:  # SQLite may report corruption as an error
+                    rows = [f"{type(exc).__name__}: {exc}"]
                 if rows != ["ok"]:
                     raise IntegrityCheckFailed(
                         f"restored database failed PRAGMA {pragma}: " + "; ".join(map(str, rows))
@@ -765,6 +769,22 @@ def _ordered_window(
     return results()
 
 
+#: The temp files of a restore to ``<output>``: ``<output>.<8 chars>.tmp`` (mkstemp) and
+#: the ``-<index>-wal``, ``-wal``, ``-shm`` files beside it.
+_TEMP_SUFFIX = re.compile(r"\.[a-z0-9_]{8}\.tmp(-[0-9a-f]{8}-wal|-wal|-shm|-journal)?")
+
+
+def _remove_stale_temps(output: str) -> None:
+    """Remove what an earlier restore to ``output`` left when it was killed (kill -9 or
+    power loss run no cleanup); they can be as large as the database."""
+    d, base = os.path.split(output)
+    for name in os.listdir(d or "."):
+        if name.startswith(base) and _TEMP_SUFFIX.fullmatch(name[len(base) :]):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(d, name))
+                log.info("removed a temp file left by an interrupted restore: %s", name)
+
+
 def restore(
     plan: RestorePlan,
     output: str,
@@ -796,6 +816,7 @@ def restore(
                 "SQLite would apply it to the restored database (remove it first)"
             )
     os.makedirs(os.path.dirname(output) or ".", exist_ok=True)
+    _remove_stale_temps(output)
 
     start = time.monotonic()
     r = _Restorer(plan, output, parallelism, integrity_check, progress)
