@@ -78,21 +78,8 @@ def replicate(
 
 def run(cfg: Config, exec_cmd: str | None) -> int:
     """run starts replication, waits for a signal or the child, and shuts down cleanly."""
-    replicator = Replicator.from_config(cfg.dbs)
-    replicator.heartbeat_url = cfg.heartbeat_url
-    replicator.heartbeat_interval = cfg.heartbeat_interval
-    server = None
-    if cfg.addr:
-        from litestream_fast.metrics import MetricsServer
-
-        server = MetricsServer(replicator, cfg.addr, max_lag=cfg.max_lag)
-        server.start()
-    replicator.start()
-    for m in replicator.dbs:
-        for r in m.replicas:
-            log.info("replicating: db=%s replica=%s type=%s location=%s",
-                     m.db.path, r.name, r.client.type, r.client.describe())  # fmt: skip
-
+    # Handlers first: a signal that arrives while replication starts still gets a clean
+    # shutdown with a final sync, not the default immediate death.
     stop = threading.Event()
     signals: list[int] = []
     child: subprocess.Popen | None = None
@@ -109,8 +96,23 @@ def run(cfg: Config, exec_cmd: str | None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
 
+    replicator = Replicator.from_config(cfg.dbs)
+    replicator.heartbeat_url = cfg.heartbeat_url
+    replicator.heartbeat_interval = cfg.heartbeat_interval
+    server = None
+    if cfg.addr:
+        from litestream_fast.metrics import MetricsServer
+
+        server = MetricsServer(replicator, cfg.addr, max_lag=cfg.max_lag)
+        server.start()
+    replicator.start()
+    for m in replicator.dbs:
+        for r in m.replicas:
+            log.info("replicating: db=%s replica=%s type=%s location=%s",
+                     m.db.path, r.name, r.client.type, r.client.describe())  # fmt: skip
+
     status = 0
-    if exec_cmd:
+    if exec_cmd and not stop.is_set():
         try:
             child = subprocess.Popen(shlex.split(exec_cmd))
         except OSError as exc:
