@@ -215,6 +215,9 @@ class DB:
         """Begin a read transaction on the spare reader, then end the old one: the WAL
         stays pinned throughout, now at its current end."""
         assert self._read is not None and self._read_spare is not None
+        # A reader that starts on a fully checkpointed WAL takes read mark 0 and does not
+        # pin it; one frame of ours first (the old pin still stops a restart) avoids that.
+        self._bump_seq()
         spare = self._read_spare
         spare.execute("BEGIN")
         spare.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()

@@ -328,11 +328,11 @@ def test_interrupted_generation_deletion_leaves_no_broken_generation(pristine, t
 def test_replica_wiped_while_running_is_reseeded(tmp_path, monkeypatch):
     """The whole replica directory (or just its snapshots) is deleted while the replicator
     runs and the application keeps writing: an uploading replica checks, at most every
-    REMOTE_CHECK_INTERVAL (30 s; 0.5 s here), that its generation still has a snapshot; when it does not, a new generation
-    starts and its snapshot re-seeds the replica. The check waits REMOTE_CHECK_GRACE
-    (10 s) after the replica's own snapshot upload, for stores whose listings lag their
-    writes; lowered to 0.5 s here to keep the test short. An idle replica makes no
-    request, so it notices at its next upload."""
+    REMOTE_CHECK_INTERVAL (30 s; 0.5 s here), that its generation still has a snapshot;
+    when it does not, a new generation starts and its snapshot re-seeds the replica. The
+    check waits REMOTE_CHECK_GRACE (10 s; 0.5 s here) after the replica's own snapshot
+    upload, for stores whose listings lag their writes. An idle replica makes no request,
+    so it notices at its next upload."""
     monkeypatch.setattr(replica_mod, "REMOTE_CHECK_GRACE", 0.5)
     monkeypatch.setattr(replica_mod, "REMOTE_CHECK_INTERVAL", 0.5)
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
