@@ -8,6 +8,8 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 
 import apsw
 
@@ -86,3 +88,22 @@ def row_count(path: str, table: str = "t") -> int:
         return conn.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0]
     finally:
         conn.close()
+
+
+def ls_restore(replica_dir: str, out: str, *extra: str) -> None:
+    """ls_restore restores a directory replica with the real Litestream 0.3.13 binary."""
+    subprocess.run(
+        [litestream_bin(), "restore", *extra, "-o", out, f"file://{replica_dir}"],
+        check=True,
+        capture_output=True,
+    )
+
+
+def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05) -> bool:
+    """wait_for polls ``pred`` until it is true or ``timeout`` passes; returns its last verdict."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return bool(pred())

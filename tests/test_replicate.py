@@ -9,26 +9,16 @@ content hash of the source.
 from __future__ import annotations
 
 import os
-import subprocess
 
 import apsw
 import pytest
-from support import connect, content_hash, integrity_ok, litestream_bin, row_count
+from support import connect, content_hash, integrity_ok, ls_restore, row_count
 
 from litestream_fast import wal
 from litestream_fast.clients.file import FileReplicaClient
 from litestream_fast.db import DB, check_sqlite_version
 from litestream_fast.errors import SQLiteTooOld
 from litestream_fast.replica import Replica
-
-
-def ls_restore(replica_dir: str, out: str, *extra: str) -> None:
-    """Restore with the real Litestream 0.3.13 binary."""
-    subprocess.run(
-        [litestream_bin(), "restore", *extra, "-o", out, f"file://{replica_dir}"],
-        check=True,
-        capture_output=True,
-    )
 
 
 def assert_restores_to(replica_dir: str, source: str, tmp_path, name: str = "out.db") -> str:

@@ -18,7 +18,15 @@ import time
 
 import pytest
 from ledger_writer import check_prefix
-from support import connect, content_hash, integrity_ok, litestream_bin, row_count
+from support import (
+    connect,
+    content_hash,
+    integrity_ok,
+    litestream_bin,
+    ls_restore,
+    row_count,
+    wait_for,
+)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WRITER = os.path.join(HERE, "ledger_writer.py")
@@ -37,14 +45,6 @@ def lf_run(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
-def ls_restore(replica: str, out: str) -> None:
-    subprocess.run(
-        [litestream_bin(), "restore", "-o", out, f"file://{replica}"],
-        check=True,
-        capture_output=True,
-    )
-
-
 def write_config(tmp_path, db: str, replica: str, **db_keys) -> str:
     lines = ["dbs:", f"  - path: {db}"]
     lines += [f"    {k.replace('_', '-')}: {v}" for k, v in db_keys.items()]
@@ -52,15 +52,6 @@ def write_config(tmp_path, db: str, replica: str, **db_keys) -> str:
     cfg = tmp_path / "litestream.yml"
     cfg.write_text("\n".join(lines) + "\n")
     return str(cfg)
-
-
-def wait_for(pred, timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def has_snapshot(replica: str) -> bool:

@@ -4,31 +4,13 @@ the others or its database's checkpoints; a database past 1 GiB (the lock-byte p
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 
 import pytest
-from support import connect, content_hash, integrity_ok, litestream_bin
+from support import connect, content_hash, integrity_ok, ls_restore, wait_for
 
 from litestream_fast.config import DBConfig, ReplicaConfig
 from litestream_fast.scheduler import Replicator
-
-
-def ls_restore(replica: str, out: str) -> None:
-    subprocess.run(
-        [litestream_bin(), "restore", "-o", out, f"file://{replica}"],
-        check=True,
-        capture_output=True,
-    )
-
-
-def wait_for(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_many_dbs_and_a_failing_replica(tmp_path):

@@ -94,7 +94,6 @@ class DB:
         # checkpoints and snapshots so a snapshot never races a WAL restart.
         self._lock = threading.RLock()
         self._ckpt_lock = threading.RLock()
-        self._changed = threading.Condition(self._lock)
         self._conn: apsw.Connection | None = None
         self._read: apsw.Connection | None = None
         self._read_spare: apsw.Connection | None = None  # for moving the read pin
@@ -381,7 +380,6 @@ class DB:
                 self.last_error = None
             if result.changed or result.new_generation_reason:
                 self._synced_since_checkpoint = True
-                self._changed.notify_all()
             return result
 
     def _check_replaced(self) -> str | None:
@@ -551,11 +549,6 @@ class DB:
         self._shadow = shadow.ShadowState(hdr, commit_end, commit_ck)
         return True
 
-    def wait_changed(self, timeout: float) -> None:
-        """wait_changed blocks until a sync copies something new or ``timeout`` passes."""
-        with self._changed:
-            self._changed.wait(timeout)
-
     # ---------------------------------------------------------------- checkpoint
 
     def wal_size(self) -> int:
@@ -661,7 +654,7 @@ class DB:
             # read positions (we do not hold _lock while SQLite writes pages). Repeated
             # while writers added a lot meanwhile, so the barrier below stays short.
             small = wal.calc_wal_size(self.page_size or 4096, self.min_checkpoint_page_count)
-            for _ in range(PHASE1_ROUNDS):
+            for attempt in range(PHASE1_ROUNDS):
                 with self._lock:
                     if not self.open():
                         return False
@@ -679,7 +672,7 @@ class DB:
                     ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except apsw.BusyError:
                     break  # another checkpointer (the application's) is at work
-                if grew < small and _ > 0:
+                if grew < small and attempt > 0:
                     break
         # Phase 2, short: under the write barrier only what committed during phase 1 is
         # left to copy and to backfill before the WAL may restart.
@@ -737,7 +730,6 @@ class DB:
             self._sync_locked()
             log.debug("checkpoint: db=%s mode=%s busy=%s frames=%s seconds=%.3f pos=%s",
                       self.path, mode, busy, nlog, time.monotonic() - t0, self.pos())  # fmt: skip
-            self._changed.notify_all()
             return True
 
     # ----------------------------------------------------------------- snapshots

@@ -27,9 +27,6 @@ class Pos:
         return not self.generation
 
 
-ZERO_POS = Pos("", 0, 0)
-
-
 @dataclass(frozen=True, slots=True)
 class SnapshotInfo:
     """SnapshotInfo describes one stored snapshot; ``size`` is the stored (compressed) size."""

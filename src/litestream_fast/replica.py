@@ -342,11 +342,7 @@ class Replica:
         if final_sync:
             try:
                 self.sync_once()
-            except LitestreamError as exc:
-                log.error(
-                    "final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
-                )
-            except OSError as exc:
+            except (LitestreamError, OSError) as exc:
                 log.error(
                     "final sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
                 )

@@ -23,11 +23,11 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import apsw
 from ledger_writer import check_prefix, payload  # noqa: F401  (re-exported)
-from support import connect, litestream_bin
+from support import connect, litestream_bin, wait_for  # noqa: F401 (re-exported)
 
 from litestream_fast import compression, naming
 from litestream_fast.clients.file import FileReplicaClient
@@ -76,15 +76,6 @@ def backend() -> str:
 
 
 # --------------------------------------------------------------------------- waiting
-
-
-def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(interval)
-    return bool(pred())
 
 
 def caught_up(m, timeout: float = 20.0) -> bool:
