@@ -8,6 +8,7 @@ must fail loudly naming the object, create no output and leave no temp file behi
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 
@@ -549,3 +550,48 @@ def test_mtime_helper_roundtrip(tmp_path):
     p.write_bytes(b"x")
     set_mtime(str(p), at(1.5))
     assert os.stat(p).st_mtime_ns == int(at(1.5).timestamp() * 1e9)
+
+
+# ------------------------------------------------------------- output disk failures
+# Fault injection in front of the real file system: the restore's own writes and fsyncs
+# fail as a full or failing disk makes them fail.
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _eio(*_a, **_k):
+    raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+@pytest.mark.parametrize("fault", ["write", "background-fsync", "final-fsync"])
+def test_output_disk_failure_is_one_clean_error(three_index_replica, tmp_path, monkeypatch, fault):
+    """A full disk or an I/O error on the output side fails the restore with a
+    RestoreError naming the temp file it was writing, and leaves nothing behind."""
+    from litestream_fast import restore as restore_mod
+
+    w = three_index_replica
+    plan = plan_restore({"file": w.client})
+    if fault == "write":
+        monkeypatch.setattr(os, "pwrite", _enospc)
+        match = "No space left"
+    elif fault == "background-fsync":
+        monkeypatch.setattr(restore_mod, "FLUSH_BYTES", 1)
+        monkeypatch.setattr(os, "fdatasync", _eio)
+        match = "Input/output error"
+    else:
+        monkeypatch.setattr(os, "fsync", _eio)
+        monkeypatch.setattr(os, "fdatasync", _eio)
+        match = "fsync .*Input/output error"
+    out_dir = _out_dir(tmp_path)
+    out = str(out_dir / "restored.db")
+    with pytest.raises(RestoreError, match=match) as info:
+        restore(plan, out)
+    assert str(out_dir) in str(info.value)
+    monkeypatch.undo()
+    _assert_clean_failure(out_dir, out)
+    # The same replica restores fine once the disk is healthy again.
+    restore(plan, out)
+    assert integrity_ok(out)
+    assert content_hash(out) == w.hash()

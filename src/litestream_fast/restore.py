@@ -48,13 +48,19 @@ The snapshot streams into a unique temp file beside the output while the WAL seg
 download in parallel (``parallelism`` worker threads and a bounded window of
 ``4 * parallelism`` segments submitted ahead, in order; each is decompressed
 straight into its place in a per-index ``<tmp>-<index>-wal`` file with ``pwrite``, so
-memory stays at a few MiB per worker whatever the object sizes). Indexes are applied in
+memory stays at a few MiB per worker whatever the object sizes). The snapshot's path is a
+pipeline: one thread reads the object and hands its LZ4 blocks to ``DECOMPRESS_WORKERS``
+threads (a few blocks in flight), this thread writes what they produce in order, and every
+``FLUSH_BYTES`` a background ``fdatasync`` keeps the disk writing while decompression goes
+on, so the final fsync has only the tail left. Indexes are applied in
 order as they complete: the index file becomes ``<tmp>-wal``, is verified, and SQLite
 checkpoints it (``PASSIVE``, which reports the frames it took, then ``TRUNCATE``; busy
-must be 0 — TRUNCATE alone reports 0/0 once it has reset the WAL). Then the optional integrity
-check, WAL journal mode (as Litestream's restore leaves the file), fsync, and a
-no-overwrite link (or rename) to the output. On any failure every temp file is removed and
-the output is not created. An existing output is never overwritten.
+must be 0 — TRUNCATE alone reports 0/0 once it has reset the WAL). Then the optional
+integrity check (reading through mmap) while the file is fsynced in another thread, WAL
+journal mode (as Litestream's restore leaves the file), and a no-overwrite link (or
+rename) to the output. On any failure every temp file is removed and the output is not
+created. An existing output is never overwritten. A failing output disk (full, I/O error)
+is a ``RestoreError`` naming the temp file.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ import glob
 import logging
 import mmap
 import os
+import queue
 import re
 import struct
 import tempfile
@@ -486,6 +493,93 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
+#: Chunks a decompressing thread may hold ready for the writer (each at most 1 MiB).
+PIPELINE_DEPTH = 4
+#: Threads decompressing a snapshot's LZ4 blocks (4 MiB each); the blocks in flight.
+DECOMPRESS_WORKERS = max(1, min(4, os.cpu_count() or 1))
+#: Start the disk writing what is dirty each time this much more has been written.
+FLUSH_BYTES = 64 << 20
+#: mmap limit for the integrity check (SQLite maps at most this much of the file).
+MMAP_CHECK_BYTES = 1 << 40
+
+_DONE = object()
+
+
+def _pipelined(items: Iterable[bytes], depth: int = PIPELINE_DEPTH) -> Iterator[bytes]:
+    """_pipelined runs ``items`` (read + LZ4 decompress, which release the GIL) in a thread
+    of its own and yields what it produces, at most ``depth`` chunks ahead, so the
+    decompression of one chunk overlaps the write of the previous one. An exception in the
+    producer is raised here; abandoning the iterator stops the producer."""
+    q: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    t = threading.Thread(target=produce, name="restore-decompress", daemon=True)
+    t.start()
+    try:
+        while True:
+            item = q.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        t.join()
+
+
+class _Flusher:
+    """_Flusher keeps the disk busy while a large file is written: every ``FLUSH_BYTES``
+    it runs ``fdatasync`` in a background thread (one at a time), so the final fsync only
+    has the tail left instead of the whole database (measured on a 517 MiB snapshot: the
+    write plus its fsync went from 2.5 s to 1.3 s). An error of a background fdatasync (a
+    full disk, EIO) is raised by ``close``."""
+
+    def __init__(self, fd: int, every: int | None = None) -> None:
+        self.fd = fd
+        self.every = FLUSH_BYTES if every is None else every
+        self._since = 0
+        self._thread: threading.Thread | None = None
+        self._error: OSError | None = None
+
+    def _run(self) -> None:
+        try:
+            os.fdatasync(self.fd) if hasattr(os, "fdatasync") else os.fsync(self.fd)
+        except OSError as exc:
+            self._error = exc
+
+    def wrote(self, n: int) -> None:
+        self._since += n
+        if self._since < self.every or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._since = 0
+        self._thread = threading.Thread(target=self._run, name="restore-flush", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Wait for the background flush; raise its error. Call before closing ``fd``."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
 class _Restorer:
     """One restore run: the temp files it owns and the steps that fill them."""
 
@@ -510,6 +604,8 @@ class _Restorer:
         os.close(fd)
         self.page_size = 0
         self.wal_bytes = 0
+        #: Decompresses the snapshot's LZ4 blocks in parallel (set while ``run`` runs).
+        self.block_pool: ThreadPoolExecutor | None = None
 
     # -- temp files
 
@@ -529,13 +625,30 @@ class _Restorer:
         key = self.client.object_key(self.plan.generation, snap.index)
         n = 0
         try:
-            with (
-                self.client.snapshot_reader(self.plan.generation, snap.index) as src,
-                open(self.tmp, "wb") as f,
-            ):
-                for chunk in decompress_stream(_CountingReader(src, self.progress), key):
-                    f.write(chunk)
-                    n += len(chunk)
+            with self.client.snapshot_reader(self.plan.generation, snap.index) as src:
+                fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
+                flusher = _Flusher(fd)
+                try:
+                    chunks = decompress_stream(
+                        _CountingReader(src, self.progress),
+                        key,
+                        pool=self.block_pool,
+                        window=DECOMPRESS_WORKERS,
+                    )
+                    for chunk in _pipelined(chunks):
+                        try:
+                            _pwrite_all(fd, chunk, n)
+                        except OSError as exc:
+                            raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
+                        n += len(chunk)
+                        flusher.wrote(len(chunk))
+                finally:
+                    try:
+                        flusher.close()
+                    except OSError as exc:
+                        raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
+                    finally:
+                        os.close(fd)
         except LitestreamError:
             raise
         except OSError as exc:
@@ -562,7 +675,12 @@ class _Restorer:
         try:
             with self.client.wal_segment_reader(seg.pos) as src:
                 for chunk in decompress_stream(_CountingReader(src, self.progress), key):
-                    _pwrite_all(fd, chunk, pos)
+                    try:
+                        _pwrite_all(fd, chunk, pos)
+                    except OSError as exc:
+                        raise RestoreError(
+                            f"write {self.index_path(seg.index)}: {exc.strerror}"
+                        ) from exc
                     pos += len(chunk)
         except LitestreamError:
             raise
@@ -659,10 +777,42 @@ class _Restorer:
         return wal_len
 
     def finish(self) -> int:
-        """Integrity check, WAL journal mode, fsync; returns the database size."""
+        """Integrity check, WAL journal mode, fsync; returns the database size.
+
+        The fsync runs in a thread while SQLite checks the file (from the page cache), so
+        the check costs no wall time beyond whichever of the two is longer.
+        """
+        syncer = _Flusher(os.open(self.tmp, os.O_RDONLY), every=0)
+        syncer.wrote(1)
+        try:
+            self._check_and_set_wal_mode()
+        finally:
+            try:
+                syncer.close()
+            except OSError as exc:
+                raise RestoreError(f"fsync {self.tmp}: {exc.strerror}") from exc
+            finally:
+                os.close(syncer.fd)
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.tmp + suffix)
+        fd = os.open(self.tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # whatever the check or the journal-mode switch wrote (usually nothing)
+            size = os.fstat(fd).st_size
+        except OSError as exc:
+            raise RestoreError(f"fsync {self.tmp}: {exc.strerror}") from exc
+        finally:
+            os.close(fd)
+        return size
+
+    def _check_and_set_wal_mode(self) -> None:
         conn = apsw.Connection(self.tmp, flags=apsw.SQLITE_OPEN_READWRITE)
         try:
             if self.integrity_check != "none":
+                # Read the file through mmap: the check is then about twice as fast (0.27 s
+                # instead of 0.53 s on 517 MiB) as copying each page into SQLite's cache.
+                conn.execute(f"PRAGMA mmap_size={MMAP_CHECK_BYTES}").fetchall()
                 pragma = "quick_check" if self.integrity_check == "quick" else "integrity_check"
                 try:
                     rows = [r[0] for r in conn.execute(f"PRAGMA {pragma}(10)")]
@@ -677,16 +827,6 @@ class _Restorer:
                 conn.execute("PRAGMA journal_mode=wal").fetchall()
         finally:
             conn.close()
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.tmp + suffix)
-        fd = os.open(self.tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            size = os.fstat(fd).st_size
-        finally:
-            os.close(fd)
-        return size
 
     def publish(self) -> None:
         """Move the temp DB to the output without ever replacing an existing file."""
@@ -714,7 +854,12 @@ class _Restorer:
     def run(self) -> tuple[int, Pos]:
         plan = self.plan
         segs = list(plan.segments)
-        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="restore") as pool:
+        with (
+            ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="restore") as pool,
+            ThreadPoolExecutor(
+                max_workers=DECOMPRESS_WORKERS, thread_name_prefix="restore-lz4"
+            ) as self.block_pool,
+        ):
             try:
                 snap_future = pool.submit(self.fetch_snapshot)
                 # Workers = parallelism; a few more segments may wait queued so workers stay

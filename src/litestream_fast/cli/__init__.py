@@ -3,11 +3,14 @@
 Litestream spells long flags with one dash (``-config``, ``-o``); every flag here takes
 that spelling and the two-dash one. Library errors (``LitestreamError``) become a one-line
 ``error: …`` message and exit status 1, never a traceback. Each command lives in its own
-module and registers itself on ``cli``.
+module and registers itself on ``cli``; a module is imported only when one of its commands
+is looked up, so ``restore`` does not pay for importing the replication engine (start-up
+is part of every restore's wall time).
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import click
@@ -18,9 +21,31 @@ from litestream_fast.errors import LitestreamError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"]}
 
+#: The module (under ``litestream_fast.cli``) that defines each command.
+COMMAND_MODULES = {
+    "databases": "inspect",
+    "generations": "inspect",
+    "replicate": "replicate",
+    "restore": "restore",
+    "snapshots": "inspect",
+    "status": "status",
+    "verify": "verify",
+    "wal": "inspect",
+}
+
 
 class Group(click.Group):
-    """A click group that turns library errors into one-line messages and exit 1."""
+    """A click group that turns library errors into one-line messages and exit 1, and
+    imports a command's module on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"litestream_fast.cli.{module}")
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -65,9 +90,6 @@ def main(args: list[str] | None = None) -> None:
         sys.exit(130)
     sys.exit(rv if isinstance(rv, int) else 0)
 
-
-# Register every command on the group (each module does ``@cli.command()``).
-from litestream_fast.cli import commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main()
