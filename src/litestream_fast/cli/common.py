@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 
 import click
 
@@ -46,27 +44,3 @@ def config_options(f):
 
 json_option = click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")
 
-
-#: glibc's mallopt parameter for the mmap threshold (malloc.h: M_MMAP_THRESHOLD).
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD = 1 << 20
-
-
-def limit_heap_growth() -> None:
-    """limit_heap_growth makes glibc serve allocations of 1 MiB or more (the 4 MiB LZ4
-    blocks, the 8 MiB WAL read buffer) with mmap, returned to the system when freed.
-
-    By default glibc raises that threshold the first time such a block is freed, after
-    which every worker thread's arena keeps its freed blocks: a restore's peak RSS went
-    from 47 to 67 MiB that way. Only the CLI calls this (it owns the process); it is a
-    no-op off glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # musl and others: no mallopt
-        return
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)

@@ -13,7 +13,7 @@ import threading
 import click
 
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import config_options, limit_heap_growth, load_config
+from litestream_fast.cli.common import config_options, load_config
 from litestream_fast.config import URL_RE, Config, DBConfig, replica_config_from_url
 from litestream_fast.errors import ConfigError
 from litestream_fast.logs import setup_logging
@@ -72,7 +72,6 @@ def replicate(
         if not d.replicas:
             raise ConfigError(f"database {d.path} has no replicas")
     setup_logging(log_level or cfg.logging.level, cfg.logging.type, stderr=True)
-    limit_heap_growth()
     exec_cmd = exec_cmd or cfg.exec
     sys.exit(run(cfg, exec_cmd))
 

@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from litestream_fast.cli import cli
-from litestream_fast.cli.common import config_options, limit_heap_growth
+from litestream_fast.cli.common import config_options
 from litestream_fast.cli.inspect import open_replicas, rfc3339
 from litestream_fast.errors import NoBackupFound, OutputExists, UsageError
 from litestream_fast.restore import (
@@ -224,7 +224,6 @@ def restore_cmd(
             click.echo(_plan_text(plan, output))
         return
 
-    limit_heap_growth()
     bar = None
     if not as_json and plan.total_bytes > PROGRESS_MIN_BYTES and sys.stderr.isatty():
         from tqdm import tqdm
