@@ -319,11 +319,17 @@ def test_json_logging_and_quiet_by_default(tmp_path):
 def test_second_signal_exits_at_once(tmp_path):
     db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
     connect(db).close()
-    # A child that ignores SIGTERM keeps the first shutdown waiting.
-    child = f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(8)'"
+    # A child that ignores SIGTERM keeps the first shutdown waiting. It says when it
+    # ignores it: a SIGTERM forwarded while it still starts up would kill it.
+    ready = tmp_path / "child-ready"
+    child = (
+        f"{sys.executable} -c 'import pathlib, signal, time; "
+        f"signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+        f'pathlib.Path("{ready}").touch(); time.sleep(8)\''
+    )
     p = lf("replicate", "-exec", child, db, f"file://{replica}", stderr=subprocess.DEVNULL)
     try:
-        assert wait_for(lambda: has_snapshot(replica))
+        assert wait_for(lambda: has_snapshot(replica) and ready.exists())
         p.send_signal(signal.SIGTERM)
         time.sleep(0.5)
         assert p.poll() is None  # still waiting for the child

@@ -96,3 +96,46 @@ def test_database_past_one_gib_lock_byte_page(tmp_path):
     assert integrity_ok(out)
     assert content_hash(out) == content_hash(path)
     app.close()
+
+
+def test_read_pin_steps_between_syncs(tmp_path):
+    """Between two syncs (monitor-interval 30 s here) the read pin steps forward as the WAL
+    grows, so the application's own checkpoints backfill it in small steps; without the
+    steps they could backfill nothing past where the first sync left the pin, and would
+    later backfill the whole backlog inside one commit. Replication stays exact."""
+    path = str(tmp_path / "app.db")
+    app = connect(path)
+    app.execute("PRAGMA wal_autocheckpoint=0")  # the test checkpoints by hand
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    replica_dir = str(tmp_path / "replica")
+    cfg = DBConfig(path=path, monitor_interval=30.0, checkpoint_interval=0,
+                   replicas=[ReplicaConfig(type="file", name="r", path=replica_dir,
+                                           sync_interval=0.1)])  # fmt: skip
+    rep = Replicator.from_config([cfg])
+    rep.start()
+    try:
+        m = rep.dbs[0]
+        assert wait_for(lambda: m.replicas[0].pos.offset > 0)  # first sync done, pinned
+        backfilled = []
+        for _ in range(6):
+            app.execute("BEGIN")
+            for _ in range(1200):
+                app.execute("INSERT INTO t (x) VALUES (randomblob(3000))")  # ~1 page a row
+            app.execute("COMMIT")
+            time.sleep(0.3)  # a few pin polls
+            busy, log_frames, ckpt = app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
+            backfilled.append((log_frames, ckpt))
+        # Each step lets the application backfill up to within one step of the WAL's end.
+        for log_frames, ckpt in backfilled[1:]:
+            assert ckpt >= log_frames - 2 * 1200, backfilled
+        assert backfilled[-1][1] > 5000, backfilled
+        # Then the usual sync and checkpoint: the replica restores to the source exactly.
+        m.monitor_once()
+        m.db.checkpoint("PASSIVE")
+        m.monitor_once()
+        assert wait_for(lambda: m.replicas[0].pos == m.db.pos())
+    finally:
+        rep.stop(timeout=10)
+    out = str(tmp_path / "out.db")
+    ls_restore(replica_dir, out)
+    assert integrity_ok(out) and content_hash(out) == content_hash(path)

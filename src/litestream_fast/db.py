@@ -30,6 +30,7 @@ import ctypes
 import logging
 import os
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -46,6 +47,11 @@ MIN_SQLITE_VERSION = (3, 51, 3)
 #: At most this many unlocked backfill rounds before a checkpoint's short write barrier.
 PHASE1_ROUNDS = 4
 COPY_CHUNK = 8 << 20
+#: Step the read pin forward once SQLite's WAL holds this many frames past it (SQLite's
+#: own default autocheckpoint size): the application's checkpoints then backfill in steps
+#: this small, as they would with no replicator, instead of the whole backlog since our
+#: last checkpoint inside one of its commits (measured: worst commit 0.9-1.7 s).
+PIN_STEP_FRAMES = 1000
 
 
 def check_sqlite_version(version: str | None = None) -> None:
@@ -101,6 +107,7 @@ class DB:
         self._db_fd: int | None = None
         self._db_ino: tuple[int, int] | None = None
         self._need_pin = False
+        self._pin_at: tuple[bytes, int] | None = None  # WAL-index (salts, mxFrame) at the pin
         # A size-triggered checkpoint that could not reset the WAL: when to retry.
         self._stuck_size = 0
         self._stuck_retry_at = 0.0
@@ -222,11 +229,60 @@ class DB:
         spare.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
         self._end_read()
         self._read, self._read_spare = spare, self._read
+        self._pin_at = self._wal_index_end()
 
     def _begin_read(self) -> None:
         assert self._read is not None
         self._read.execute("BEGIN")
         self._read.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
+        self._pin_at = self._wal_index_end()
+
+    def _wal_index_end(self) -> tuple[bytes, int] | None:
+        """The WAL's salts and frame count (mxFrame) from the WAL-index header at the
+        start of ``-shm`` (sqlite.org/walformat.html: native byte order), read without
+        locks. Only a hint for when to step the pin: a torn read moves it early or late."""
+        try:
+            fd = os.open(self.path + "-shm", os.O_RDONLY)
+        except OSError:
+            return None
+        try:
+            hdr = os.pread(fd, 48, 0)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        if len(hdr) < 48:
+            return None
+        return hdr[32:40], struct.unpack_from("=I", hdr, 16)[0]
+
+    def step_read_pin(self) -> bool:
+        """step_read_pin moves the read pin to the WAL's end once SQLite's WAL has grown
+        ``PIN_STEP_FRAMES`` past it; returns True if it moved.
+
+        Called between syncs (every few tens of ms). The pin only keeps the WAL from
+        restarting; moving it never lets a frame we have not copied be lost (the new pin
+        holds the WAL before the old one is dropped), it only lets the application's
+        checkpoints backfill up to the new end. Skipped while a checkpoint or snapshot
+        holds ``_ckpt_lock`` (a snapshot needs the pin to stay put), and when the
+        application holds the write lock past our busy timeout (tried again next time).
+        """
+        with self._lock:
+            if self._read is None or self._read_spare is None or self._need_pin:
+                return False
+            end = self._wal_index_end()
+            if end is None or self._pin_at is None:
+                return False
+            if end[0] == self._pin_at[0] and end[1] - self._pin_at[1] < PIN_STEP_FRAMES:
+                return False
+            if not self._ckpt_lock.acquire(blocking=False):
+                return False
+            try:
+                self._move_read_pin()
+            except apsw.BusyError:
+                return False
+            finally:
+                self._ckpt_lock.release()
+            return True
 
     def _end_read(self) -> None:
         assert self._read is not None

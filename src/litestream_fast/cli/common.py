@@ -43,4 +43,3 @@ def config_options(f):
 
 
 json_option = click.option("-json", "--json", "as_json", is_flag=True, help="Print JSON.")
-
