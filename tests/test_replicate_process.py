@@ -340,3 +340,51 @@ def test_second_signal_exits_at_once(tmp_path):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+BUSY_WRITER = r"""
+import sys, time
+import apsw
+c = apsw.Connection(sys.argv[1])
+c.set_busy_timeout(5000)
+c.execute("PRAGMA wal_autocheckpoint=1000").fetchall()  # SQLite's default
+c.execute("PRAGMA synchronous=NORMAL").fetchall()  # no fsync per commit: as fast as it goes
+deadline = time.monotonic() + float(sys.argv[2])
+n = 0
+while time.monotonic() < deadline:
+    c.execute("INSERT INTO t (x) VALUES (randomblob(1000))")
+    n += 1
+print(n)
+"""
+
+
+def test_busy_writer_keeps_one_generation(tmp_path):
+    """An unthrottled writer in another process, with SQLite's default autocheckpoint,
+    next to `replicate`: the read pin must hold the WAL so that only our checkpoints
+    restart it. One generation from start to end (a WAL restarted behind our back shows
+    as 'wal overwritten by another process' and a new generation, with a full snapshot,
+    each time), and the replica restores to the source exactly."""
+    db, replica = str(tmp_path / "app.db"), str(tmp_path / "replica")
+    app = connect(db)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    app.close()
+    cfg = write_config(tmp_path, db, replica, monitor_interval="1s",
+                       min_checkpoint_page_count=2000)  # fmt: skip
+    p = lf("replicate", "-config", cfg, "-log-level", "info", stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: has_snapshot(replica))
+        w = subprocess.run([sys.executable, "-c", BUSY_WRITER, db, "4"], capture_output=True,
+                           text=True, timeout=60, check=True)  # fmt: skip
+        assert int(w.stdout) > 5000
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+    finally:
+        if p.poll() is None:
+            p.kill()
+    reasons = [line for line in err.splitlines() if "new generation" in line]
+    assert len(reasons) == 1 and "no generation exists" in reasons[0], reasons
+    assert len(os.listdir(os.path.join(replica, "generations"))) == 1
+    out = str(tmp_path / "out.db")
+    ls_restore(replica, out)
+    assert integrity_ok(out) and content_hash(out) == content_hash(db)
