@@ -3,10 +3,7 @@ the others or its database's checkpoints; a database past 1 GiB (the lock-byte p
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -99,70 +96,3 @@ def test_database_past_one_gib_lock_byte_page(tmp_path):
     assert integrity_ok(out)
     assert content_hash(out) == content_hash(path)
     app.close()
-
-
-APP_ROUNDS = r"""
-import json, sys, time
-import apsw
-c = apsw.Connection(sys.argv[1])
-c.set_busy_timeout(5000)
-c.execute("PRAGMA wal_autocheckpoint=0").fetchall()
-out = []
-for _ in range(6):
-    c.execute("BEGIN")
-    for _ in range(1200):
-        c.execute("INSERT INTO t (x) VALUES (randomblob(3000))")  # about a page a row
-    c.execute("COMMIT")
-    time.sleep(0.3)  # a few pin polls
-    busy, log_frames, ckpt = c.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0]
-    out.append([log_frames, ckpt])
-c.execute("INSERT INTO t (x) VALUES (1)")  # restarts the WAL if nothing pins it
-print(json.dumps(out))
-"""
-
-
-def test_read_pin_steps_between_syncs(tmp_path):
-    """Between two syncs (monitor-interval 30 s here) the read pin steps forward as the WAL
-    grows, so the application's own checkpoints backfill it in small steps; without the
-    steps they could backfill nothing past where the first sync left the pin, and would
-    later backfill the whole backlog inside one commit. The WAL stays pinned all along
-    (the application runs in another process: POSIX locks only show there) and the
-    replica restores exactly."""
-    path = str(tmp_path / "app.db")
-    app = connect(path)
-    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
-    app.close()
-    replica_dir = str(tmp_path / "replica")
-    cfg = DBConfig(path=path, monitor_interval=30.0, checkpoint_interval=0,
-                   replicas=[ReplicaConfig(type="file", name="r", path=replica_dir,
-                                           sync_interval=0.1)])  # fmt: skip
-    rep = Replicator.from_config([cfg])
-    rep.start()
-    try:
-        m = rep.dbs[0]
-        assert wait_for(lambda: m.replicas[0].pos.offset > 0)  # first sync done, pinned
-        generation = m.db.generation
-        with open(path + "-wal", "rb") as f:
-            salts = f.read(32)[16:24]
-        r = subprocess.run([sys.executable, "-c", APP_ROUNDS, path], capture_output=True,
-                           text=True, timeout=120, check=True)  # fmt: skip
-        backfilled = json.loads(r.stdout)
-        # Each step lets the application backfill up to within one step of the WAL's end.
-        for log_frames, ckpt in backfilled[1:]:
-            assert ckpt >= log_frames - 2 * 1200, backfilled
-        assert backfilled[-1][1] > 5000, backfilled
-        # Yet the WAL never restarted (a restart would follow the application's last
-        # write after a complete checkpoint) and no new generation began.
-        with open(path + "-wal", "rb") as f:
-            assert f.read(32)[16:24] == salts
-        assert m.db.generation == generation
-        # Then the usual sync and checkpoint: the replica restores to the source exactly.
-        m.monitor_once()
-        m.db.checkpoint("PASSIVE")
-        m.monitor_once()
-        assert wait_for(lambda: m.replicas[0].pos == m.db.pos())
-    finally:
-        rep.stop(timeout=10)
-    out = str(tmp_path / "out.db")
-    ls_restore(replica_dir, out)
-    assert integrity_ok(out) and content_hash(out) == content_hash(path)

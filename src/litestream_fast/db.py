@@ -8,10 +8,7 @@ How it stays correct (see ../shared/reference/litestream-spec.md §1 and §4.4):
   frames we have not copied; ``_conn`` writes the helper tables and takes the write
   barrier; ``_ckpt`` runs checkpoints. A long-lived read-only descriptor on the database
   file serves snapshots and is never closed while SQLite holds locks (closing any
-  descriptor of a file drops the process's POSIX locks on it). ``-shm`` is read (to
-  prove a read transaction pins the WAL, and to step the pin as the WAL grows) only
-  through one descriptor opened after the connections and closed after them, for the
-  same reason: closing another would drop our read mark's lock and unpin the WAL.
+  descriptor of a file drops the process's POSIX locks on it). ``-shm`` is never touched.
 * Every sync reads the live WAL with ``pread`` into a reusable buffer, validates salts and
   cumulative checksums with the compiled core, and appends only whole committed
   transactions to the shadow WAL. We read rather than mmap the live WAL on purpose: a
@@ -33,7 +30,6 @@ import ctypes
 import logging
 import os
 import shutil
-import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -50,17 +46,6 @@ MIN_SQLITE_VERSION = (3, 51, 3)
 #: At most this many unlocked backfill rounds before a checkpoint's short write barrier.
 PHASE1_ROUNDS = 4
 COPY_CHUNK = 8 << 20
-#: Step the read pin forward once SQLite's WAL holds this many frames past it (SQLite's
-#: own default autocheckpoint size): the application's checkpoints then backfill in steps
-#: this small, as they would with no replicator, instead of the whole backlog since our
-#: last checkpoint inside one of its commits (measured: worst commit 0.9-1.7 s).
-PIN_STEP_FRAMES = 1000
-#: Looks at the WAL-index to prove a new read transaction pins the WAL (half of them
-#: waiting PIN_RETRY_SLEEP for the application to add a frame, then with one of ours).
-PIN_ATTEMPTS = 8
-#: How long phase 2 waits, under the write barrier, for the application's checkpoint.
-CKPT_BUSY_WAIT = 0.1
-PIN_RETRY_SLEEP = 0.0005
 
 
 def check_sqlite_version(version: str | None = None) -> None:
@@ -114,10 +99,8 @@ class DB:
         self._read_spare: apsw.Connection | None = None  # for moving the read pin
         self._ckpt: apsw.Connection | None = None
         self._db_fd: int | None = None
-        self._shm_fd: int | None = None  # read-only, for _shm_state; closed last
         self._db_ino: tuple[int, int] | None = None
         self._need_pin = False
-        self._pin_at: tuple[bytes, int] | None = None  # WAL-index (salts, mxFrame) at the pin
         # A size-triggered checkpoint that could not reset the WAL: when to retry.
         self._stuck_size = 0
         self._stuck_retry_at = 0.0
@@ -203,13 +186,6 @@ class DB:
         self._read.execute("PRAGMA wal_autocheckpoint=0").fetchall()
         self._ckpt = self._connect()
         self._ckpt.execute("PRAGMA wal_autocheckpoint=0").fetchall()
-        # Opened once and closed only after the connections: closing any descriptor of
-        # -shm would drop every POSIX lock this process holds on it, our read mark
-        # included, and the WAL would no longer be pinned.
-        try:
-            self._shm_fd = os.open(self.path + "-shm", os.O_RDONLY)
-        except OSError:
-            self._shm_fd = None
         self._begin_read()
         # The first sync copies what is there, then re-pins the read transaction on a fresh
         # frame (see _pin_read).
@@ -224,9 +200,6 @@ class DB:
                 except apsw.Error:
                     pass
                 setattr(self, name, None)
-        if self._shm_fd is not None:
-            os.close(self._shm_fd)
-            self._shm_fd = None
         if self._db_fd is not None:
             os.close(self._db_fd)
             self._db_fd = None
@@ -238,115 +211,22 @@ class DB:
             self._shadow = None
 
     def _move_read_pin(self) -> None:
-        """Begin a pinning read transaction on the spare reader, then end the old one: the
-        WAL stays pinned throughout, now at its current end."""
+        """Begin a read transaction on the spare reader, then end the old one: the WAL
+        stays pinned throughout, now at its current end."""
         assert self._read is not None and self._read_spare is not None
+        # A reader that starts on a fully checkpointed WAL takes read mark 0 and does not
+        # pin it; one frame of ours first (the old pin still stops a restart) avoids that.
+        self._bump_seq()
         spare = self._read_spare
-        self._begin_pinned(spare)
+        spare.execute("BEGIN")
+        spare.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
         self._end_read()
         self._read, self._read_spare = spare, self._read
-
-    def _begin_pinned(self, conn: apsw.Connection) -> None:
-        """Begin a read transaction on ``conn`` that pins the WAL, and make sure it does.
-
-        A reader that starts while the WAL is fully checkpointed takes read mark 0 and
-        does not stop the next writer from restarting the WAL; one that starts while a
-        frame is not yet checkpointed holds a mark >= 1, which does. The WAL-index (salts,
-        mxFrame, nBackfill) read just before and just after BEGIN proves which: same salts
-        and nBackfill after < mxFrame before means a frame was uncheckpointed the whole
-        time. When it cannot be proved, a busy application adds a frame within a moment,
-        so we look again a few times; an idle one gets a frame of ours. (Writing that frame
-        first, as we used to, made us queue for the write lock behind a busy writer for up
-        to the busy timeout while unpinned: its checkpoints then restarted the WAL again
-        before we had copied it, "wal overwritten", a new generation each time.)
-        """
-        for attempt in range(PIN_ATTEMPTS):
-            before = self._shm_state()
-            conn.execute("BEGIN")
-            conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-            after = self._shm_state()
-            if before is None or after is None:  # no WAL-index to look at: the old way
-                break
-            if before[0] == after[0] and after[2] < before[1]:
-                self._pin_at = (after[0], after[1])
-                return
-            conn.execute("ROLLBACK")
-            if attempt < PIN_ATTEMPTS // 2:
-                time.sleep(PIN_RETRY_SLEEP)
-                continue
-            try:
-                self._bump_seq()
-            except apsw.BusyError:
-                pass  # the application is writing: a frame of its own is there soon
-        else:
-            conn.execute("BEGIN")
-            conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-            log.debug("read pin not verified: db=%s", self.path)
-            self._need_pin = True  # the next sync tries again
-            self._pin_at = None
-            return
-        if not conn.get_autocommit():
-            conn.execute("ROLLBACK")
-        self._bump_seq()
-        conn.execute("BEGIN")
-        conn.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-        self._pin_at = None
 
     def _begin_read(self) -> None:
         assert self._read is not None
         self._read.execute("BEGIN")
         self._read.execute("SELECT COUNT(1) FROM _litestream_seq").fetchall()
-        self._pin_at = None
-
-    def _shm_state(self) -> tuple[bytes, int, int] | None:
-        """(salts, mxFrame, nBackfill) of the WAL from the WAL-index in ``-shm``: its
-        header's salts and frame count, and the checkpoint info's backfilled count at byte
-        96 (sqlite.org/walformat.html; native byte order). Read without locks: SQLite
-        updates each of these 32-bit fields with a single aligned store. Read through the
-        descriptor kept open with the connections, never a new one (see _open_connections).
-        """
-        if self._shm_fd is None:
-            return None
-        try:
-            hdr = os.pread(self._shm_fd, 100, 0)
-        except OSError:
-            return None
-        if len(hdr) < 100:
-            return None
-        mx_frame, n_backfill = (
-            struct.unpack_from("=I", hdr, 16)[0],
-            struct.unpack_from("=I", hdr, 96)[0],
-        )
-        return hdr[32:40], mx_frame, n_backfill
-
-    def step_read_pin(self) -> bool:
-        """step_read_pin moves the read pin to the WAL's end once SQLite's WAL has grown
-        ``PIN_STEP_FRAMES`` past it; returns True if it moved.
-
-        Called between syncs (every few tens of ms). The pin only keeps the WAL from
-        restarting; moving it never lets a frame we have not copied be lost (the new pin
-        holds the WAL before the old one is dropped), it only lets the application's
-        checkpoints backfill up to the new end. Skipped while a checkpoint or snapshot
-        holds ``_ckpt_lock`` (a snapshot needs the pin to stay put), and when the
-        application holds the write lock past our busy timeout (tried again next time).
-        """
-        with self._lock:
-            if self._read is None or self._read_spare is None or self._need_pin:
-                return False
-            end = self._shm_state()
-            if end is None or self._pin_at is None:
-                return False
-            if end[0] == self._pin_at[0] and end[1] - self._pin_at[1] < PIN_STEP_FRAMES:
-                return False
-            if not self._ckpt_lock.acquire(blocking=False):
-                return False
-            try:
-                self._move_read_pin()
-            except apsw.BusyError:
-                return False
-            finally:
-                self._ckpt_lock.release()
-            return True
 
     def _end_read(self) -> None:
         assert self._read is not None
@@ -354,11 +234,13 @@ class DB:
             self._read.execute("ROLLBACK")
 
     def _pin_read(self) -> None:
-        """Move the read transaction onto one proven to pin the WAL (``_begin_pinned``):
-        the first read transaction after opening may hold read mark 0, which would not
-        stop other processes from restarting the WAL."""
+        """Write a frame, then restart the read transaction on it. A reader that starts on a
+        fully checkpointed WAL takes read mark 0 and would not stop other processes from
+        restarting the WAL; one that starts after an uncheckpointed frame pins it."""
+        self._bump_seq()
+        self._end_read()
+        self._begin_read()
         self._need_pin = False
-        self._move_read_pin()
 
     def _wal_missing_or_short(self) -> bool:
         try:
@@ -810,7 +692,11 @@ class DB:
                     self._sync_locked()  # seal what committed before the barrier
                 sealed_gen = self.generation
                 self._end_read()
-                busy, nlog = self._checkpoint_sealed(mode, barrier)
+                try:
+                    row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+                    busy, nlog = row[0], row[1]
+                except apsw.BusyError:
+                    log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
             finally:
                 if barrier and not self._conn.get_autocommit():
                     self._conn.execute("ROLLBACK")
@@ -819,10 +705,12 @@ class DB:
                         self.path,
                         time.monotonic() - t_barrier,
                     )
-            # The next write restarts the WAL if it was fully checkpointed (the
-            # application's, or ours when it is idle); our read transaction then pins the
-            # new WAL before a second restart could overwrite what we have not copied.
-            self._begin_pinned(self._read)
+            # A write now restarts the WAL if it was fully checkpointed; our read
+            # transaction then pins the new WAL.
+            try:
+                self._bump_seq()
+            finally:
+                self._begin_read()
             self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
             self._last_checkpoint = time.monotonic()
             self._synced_since_checkpoint = False
@@ -843,29 +731,6 @@ class DB:
             log.debug("checkpoint: db=%s mode=%s busy=%s frames=%s seconds=%.3f pos=%s",
                       self.path, mode, busy, nlog, time.monotonic() - t0, self.pos())  # fmt: skip
             return True
-
-    def _checkpoint_sealed(self, mode: str, barrier: bool) -> tuple[int, int]:
-        """Run the checkpoint of phase 2; returns SQLite's (busy, frames in the log).
-
-        Under the write barrier a PASSIVE checkpoint that finds the application's own
-        checkpoint running (SQLITE_BUSY on the checkpointer lock) is tried again for a
-        moment: no commit, hence no new autocheckpoint, can start meanwhile, so the
-        running one ends soon; giving up at once let a busy writer's WAL grow without
-        bound (every tick found one of its checkpoints running).
-        """
-        assert self._ckpt is not None
-        deadline = time.monotonic() + (CKPT_BUSY_WAIT if barrier else 0.0)
-        while True:
-            try:
-                row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
-            except apsw.BusyError:
-                row = (1, -1, -1)
-            # (1, -1, -1): SQLite could not take the checkpointer lock at all.
-            if row[1] != -1 or time.monotonic() >= deadline:
-                if row[1] == -1:
-                    log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
-                return row[0], row[1]
-            time.sleep(0.002)
 
     # ----------------------------------------------------------------- snapshots
 

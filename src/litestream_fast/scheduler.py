@@ -22,11 +22,6 @@ from litestream_fast.replica import Replica
 
 log = logging.getLogger("litestream_fast.scheduler")
 
-#: How often the monitor looks at SQLite's WAL between syncs to step the read pin (a
-#: pread of 48 bytes of ``-shm``). At this rate a writer adding up to 80 MiB/s of 4 KiB
-#: pages sees steps of about 1,000 frames; a faster one, proportionally larger steps.
-PIN_POLL = 0.05
-
 
 class ManagedDB:
     """ManagedDB is a DB plus its replicas and its monitor thread."""
@@ -97,15 +92,7 @@ class ManagedDB:
             except Exception as exc:  # noqa: BLE001 - logged, retried next tick
                 self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
             self.publish_status()
-            # Between syncs, step the read pin as SQLite's WAL grows (DB.step_read_pin).
-            due = time.monotonic() + self.db.monitor_interval
-            while not self._stop.wait(max(0.0, min(PIN_POLL, due - time.monotonic()))):
-                if time.monotonic() >= due:
-                    break
-                try:
-                    self.db.step_read_pin()
-                except Exception as exc:  # noqa: BLE001 - logged; the next sync retries
-                    self._errors.error("read pin failed: db=%s error=%s", self.db.path, exc)
+            self._stop.wait(self.db.monitor_interval)
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
         """stop halts the monitor, then each replica (with a final upload), then the DB."""
