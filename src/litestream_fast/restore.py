@@ -513,20 +513,25 @@ def _pipelined(items: Iterable[bytes], depth: int = PIPELINE_DEPTH) -> Iterator[
     q: queue.Queue[Any] = queue.Queue(depth)
     stop = threading.Event()
 
+    def put(item: Any) -> bool:
+        """Hand ``item`` over unless the consumer has gone (then a full queue would block
+        this thread, and the consumer's join, for ever)."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(_DONE)
+            put(_DONE)
         except BaseException as exc:  # handed to the consumer
-            q.put(exc)
+            put(exc)
 
     t = threading.Thread(target=produce, name="restore-decompress", daemon=True)
     t.start()
