@@ -188,7 +188,22 @@ def test_kill9_at_random_moments_restores_committed_prefix(tmp_path):
             kills += 1
             out = str(tmp_path / f"out{i}.db")
             ls_restore(replica, out)
-            k = check_prefix(out, 200)
+            try:
+                k = check_prefix(out, 200)
+            except Exception as exc:  # noqa: BLE001 - re-raised with a second opinion
+                # A rare corrupt restore here is not understood yet (RELIABILITY.md): say
+                # whether the same replica restores correctly a second time. The files
+                # stay in tmp_path for a look.
+                again = str(tmp_path / f"out{i}-again.db")
+                ls_restore(replica, again)
+                try:
+                    second = f"{check_prefix(again, 200)} commits, integrity ok"
+                except Exception as exc2:  # noqa: BLE001
+                    second = repr(exc2)
+                raise AssertionError(
+                    f"kill {i}: restore failed its check ({exc!r}); a second restore of the "
+                    f"same replica: {second}"
+                ) from exc
             assert k >= floor, (
                 f"kill {i}: restore has {k} commits, {floor} were committed 0.8 s before"
             )
