@@ -663,35 +663,31 @@ def start_replicator(ctx: Ctx, tool: Tool, d: str, db: str, interval: str):
 
 
 def restore_and_check(ctx: Ctx, tool: Tool, prefix: str, cfg: str, db: str, parent: str,
-                      source_hash: str | None = None, extra: tuple = (),
-                      repeats: int = 1) -> dict:  # fmt: skip
+                      source_hash: str | None = None, extra: tuple = ()) -> dict:  # fmt: skip
     """The tool restores its replica into a fresh directory under ``parent``; the result
     must pass integrity_check and hash equal to the source database. The directory (with
     any -wal/-shm the check created) is removed afterwards."""
-    runs = []
-    for _ in range(repeats):
-        out_dir = tempfile.mkdtemp(prefix="restore-", dir=parent)
-        out = os.path.join(out_dir, "restored.db")
-        try:
-            cmd = ctx.store.restore_cmd(tool, prefix, out, cfg, db)
-            cmd = cmd[: len(tool.cmd) + 1] + list(extra) + cmd[len(tool.cmd) + 1 :]
-            os.sync()  # no writeback of earlier work pending: each run starts alike
-            r = run_timed(cmd, env=ctx.env)
-            if r["rc"] != 0 or not os.path.exists(out):
-                raise CheckFailed(f"restore failed (status {r['rc']}): {r['output']}")
-            ic = integrity(out)
-            if ic != "ok":
-                raise CheckFailed(f"integrity_check of the restored database: {ic}")
-            if source_hash is None:
-                source_hash = content_hash(db)
-            if content_hash(out) != source_hash:
-                raise CheckFailed("restored database differs from the source (content hash)")
-        finally:
-            shutil.rmtree(out_dir, ignore_errors=True)
-        runs.append({"restore_s": r["wall_s"], "restore_cpu_s": r["cpu_s"],
-                     "restore_rss_mib": r["maxrss_mib"], "restore_anon_mib": r["anon_mib"],
-                     "integrity": "ok", "hash_ok": True})  # fmt: skip
-    return median_restore(runs)
+    out_dir = tempfile.mkdtemp(prefix="restore-", dir=parent)
+    out = os.path.join(out_dir, "restored.db")
+    try:
+        cmd = ctx.store.restore_cmd(tool, prefix, out, cfg, db)
+        cmd = cmd[: len(tool.cmd) + 1] + list(extra) + cmd[len(tool.cmd) + 1 :]
+        os.sync()  # no writeback of earlier work pending: each run starts alike
+        r = run_timed(cmd, env=ctx.env)
+        if r["rc"] != 0 or not os.path.exists(out):
+            raise CheckFailed(f"restore failed (status {r['rc']}): {r['output']}")
+        ic = integrity(out)
+        if ic != "ok":
+            raise CheckFailed(f"integrity_check of the restored database: {ic}")
+        if source_hash is None:
+            source_hash = content_hash(db)
+        if content_hash(out) != source_hash:
+            raise CheckFailed("restored database differs from the source (content hash)")
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return {"restore_s": r["wall_s"], "restore_cpu_s": r["cpu_s"],
+            "restore_rss_mib": r["maxrss_mib"], "restore_anon_mib": r["anon_mib"],
+            "integrity": "ok", "hash_ok": True}  # fmt: skip
 
 
 def median_restore(runs: list[dict]) -> dict:
@@ -700,7 +696,7 @@ def median_restore(runs: list[dict]) -> dict:
     r = dict(sorted(runs, key=lambda x: x["restore_s"])[len(runs) // 2])
     r["restore_rss_mib"] = max((x["restore_rss_mib"] or 0) for x in runs) or None
     r["restore_anon_mib"] = max((x["restore_anon_mib"] or 0) for x in runs) or None
-    r["restore_runs_s"] = [s for x in runs for s in x.get("restore_runs_s", [x["restore_s"]])]
+    r["restore_runs_s"] = [x["restore_s"] for x in runs]
     return r
 
 

@@ -555,9 +555,8 @@ class _Flusher:
     write plus its fsync went from 2.5 s to 1.3 s). An error of a background fdatasync (a
     full disk, EIO) is raised by ``close``, which also closes the descriptor."""
 
-    def __init__(self, fd: int, every: int | None = None) -> None:
+    def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.every = FLUSH_BYTES if every is None else every
         self._since = 0
         self._thread: threading.Thread | None = None
         self._error: OSError | None = None
@@ -570,8 +569,11 @@ class _Flusher:
 
     def wrote(self, n: int) -> None:
         self._since += n
-        if self._since < self.every or (self._thread is not None and self._thread.is_alive()):
-            return
+        if self._since >= FLUSH_BYTES and (self._thread is None or not self._thread.is_alive()):
+            self.flush_now()
+
+    def flush_now(self) -> None:
+        """Start a background fdatasync now (call only while none is running)."""
         self._since = 0
         self._thread = threading.Thread(target=self._run, name="restore-flush", daemon=True)
         self._thread.start()
@@ -786,8 +788,8 @@ class _Restorer:
         The fsync runs in a thread while SQLite checks the file (from the page cache), so
         the check costs no wall time beyond whichever of the two is longer.
         """
-        syncer = _Flusher(os.open(self.tmp, os.O_RDONLY), every=0)
-        syncer.wrote(1)
+        syncer = _Flusher(os.open(self.tmp, os.O_RDONLY))
+        syncer.flush_now()
         try:
             self._check_and_set_wal_mode()
         finally:
