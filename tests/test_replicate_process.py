@@ -385,18 +385,20 @@ def test_busy_writer_keeps_one_generation(tmp_path):
     app.close()
     cfg = write_config(tmp_path, db, replica, monitor_interval="1s",
                        min_checkpoint_page_count=2000)  # fmt: skip
-    p = lf("replicate", "-config", cfg, "-log-level", "info", stderr=subprocess.PIPE, text=True)
-    try:
-        assert wait_for(lambda: has_snapshot(replica))
-        w = subprocess.run([sys.executable, "-c", BUSY_WRITER, db, "4"], capture_output=True,
-                           text=True, timeout=60, check=True)  # fmt: skip
-        assert int(w.stdout) > 5000
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-        assert p.returncode == 0, err
-    finally:
-        if p.poll() is None:
-            p.kill()
+    log_path = tmp_path / "replicate.log"  # a file, not a pipe nobody drains meanwhile
+    with open(log_path, "w") as log_file:
+        p = lf("replicate", "-config", cfg, "-log-level", "info", stderr=log_file)
+        try:
+            assert wait_for(lambda: has_snapshot(replica))
+            w = subprocess.run([sys.executable, "-c", BUSY_WRITER, db, "4"],
+                               capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+            assert int(w.stdout) > 5000
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(60) == 0, log_path.read_text()[-2000:]
+        finally:
+            if p.poll() is None:
+                p.kill()
+    err = log_path.read_text()
     reasons = [line for line in err.splitlines() if "new generation" in line]
     assert len(reasons) == 1 and "no generation exists" in reasons[0], reasons
     assert len(os.listdir(os.path.join(replica, "generations"))) == 1
