@@ -389,3 +389,86 @@ def test_two_wal_restarts_while_down_start_new_generation(env, tmp_path):
         assert_restores_to(replica_dir, path, tmp_path)
     finally:
         db2.close()
+
+
+def test_wal_restart_while_down_then_old_tail_overwritten_is_never_a_silent_gap(
+    env, tmp_path, monkeypatch
+):
+    """Found by the kill -9 test: the WAL restarted once while we were down, and the app's
+    new WAL grew over the old WAL's uncopied tail right after we had seen the restart and
+    before we copied that tail. The tail is lost; continuing the generation would leave a
+    silent gap, so a new generation must start (and the replica must still restore)."""
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    # Not yet copied, still in the old WAL: changes to early pages that later commits
+    # (appends) do not write again, so losing them shows in the restored content.
+    app.execute("UPDATE t SET x = randomblob(200) WHERE id <= 10")
+    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    insert(app, 1)  # restarts the WAL
+    db2 = DB(path, checkpoint_interval=0)
+    verify = DB._verify
+    fired = []
+
+    def verify_then_app_writes(self):
+        result = verify(self)
+        if result[1] is not None and not fired:
+            fired.append(True)
+            insert(app, 150)  # the new WAL now covers where the old tail was
+        return result
+
+    monkeypatch.setattr(DB, "_verify", verify_then_app_writes)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert fired
+        assert pos.generation != gen
+        assert "wal overwritten by another process" in db2.generation_reasons
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_wal_restart_seen_while_a_writer_holds_the_lock(env, tmp_path, monkeypatch, overwrite):
+    """Without the write lock (a writer keeps it past the busy timeout) the old tail is
+    copied anyway and then checked: intact, the generation goes on; reached by the new
+    WAL, a new generation starts."""
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    app.execute("UPDATE t SET x = randomblob(200) WHERE id <= 10")
+    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    insert(app, 1)  # restarts the WAL
+    holder = connect(path)
+    db2 = DB(path, checkpoint_interval=0, busy_timeout=0.05)
+    verify = DB._verify
+
+    def verify_then_lock(self):
+        result = verify(self)
+        if result[1] is not None and holder.get_autocommit():
+            if overwrite:
+                insert(app, 150)
+            holder.execute("BEGIN IMMEDIATE")
+        return result
+
+    monkeypatch.setattr(DB, "_verify", verify_then_lock)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        pos = r2.sync_once()
+        assert not holder.get_autocommit()  # the lock was held through the sync
+        holder.execute("ROLLBACK")
+        if overwrite:
+            assert pos.generation != gen
+            assert "wal overwritten by another process" in db2.generation_reasons
+        else:
+            assert (pos.generation, pos.index) == (gen, 1)
+        r2.sync_once()
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+        holder.close()

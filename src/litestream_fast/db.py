@@ -233,14 +233,20 @@ class DB:
         if not self._read.get_autocommit():
             self._read.execute("ROLLBACK")
 
-    def _pin_read(self) -> None:
+    def _pin_read(self) -> bool:
         """Write a frame, then restart the read transaction on it. A reader that starts on a
         fully checkpointed WAL takes read mark 0 and would not stop other processes from
-        restarting the WAL; one that starts after an uncheckpointed frame pins it."""
-        self._bump_seq()
+        restarting the WAL; one that starts after an uncheckpointed frame pins it.
+
+        Returns False, to be tried again next sync, while a writer holds the lock."""
+        try:
+            self._bump_seq()
+        except apsw.BusyError:
+            return False
         self._end_read()
         self._begin_read()
         self._need_pin = False
+        return True
 
     def _wal_missing_or_short(self) -> bool:
         try:
@@ -416,13 +422,12 @@ class DB:
             self._new_generation(replaced or reason)
         elif restart_hdr is not None:
             # The WAL restarted once: finish the old index, continue at the next one.
-            self._copy_wal()
-            self._start_index(restart_hdr)
+            reason = self._finish_restarted_index(restart_hdr)
+            if reason is not None:
+                self._new_generation(reason)
         changed = self._copy_wal()
-        if self._need_pin:
-            self._pin_read()
-            if self._verify() != (None, None):
-                return self._sync_locked_after_pin(changed, reason)
+        if self._need_pin and self._pin_read() and self._verify() != (None, None):
+            return self._sync_locked_after_pin(changed, reason)
         return SyncResult(changed or reason is not None, reason)
 
     def _sync_locked_after_pin(self, changed: bool, reason: str | None) -> SyncResult:
@@ -431,6 +436,56 @@ class DB:
         return SyncResult(
             changed or again.changed or reason is not None, reason or again.new_generation_reason
         )
+
+    def _finish_restarted_index(self, restart_hdr: wal.WalHeader) -> str | None:
+        """The live WAL restarted once since the last sync: copy what the old WAL holds
+        past our position into the current index, then start the next index. Returns a
+        reason for a new generation instead when that tail may have been lost.
+
+        The new WAL is written from the start of the file over the old one, so the old
+        tail survives only while the new WAL is shorter than our position, and writers go
+        on appending while we look: a tail seen intact by ``_verify`` can be overwritten
+        before it is read (then the copy stops early, and the next index would follow a
+        silent gap). So the check is repeated under the write lock, where the new WAL
+        cannot grow, and the tail is copied before the lock is let go. Restarts happen
+        once per checkpoint and the tail is normally empty, so writers wait microseconds.
+        """
+        assert self._conn is not None
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except apsw.BusyError:
+            # A writer held the lock past the busy timeout: copy without it, then look at
+            # the frame where the copy stopped. If the new WAL has reached it, whatever
+            # the old WAL held there is gone, and we cannot know whether it committed.
+            self._copy_wal()
+            assert self._shadow is not None
+            if self._read_wal_header() != restart_hdr.raw:
+                return "wal restarted more than once between syncs"
+            if self._new_wal_reached(restart_hdr, self._shadow.size):
+                return "wal overwritten by another process"
+            self._start_index(restart_hdr)
+            return None
+        try:
+            reason, hdr = self._verify()
+            if reason is not None:
+                return reason
+            self._copy_wal()
+            if hdr is not None:
+                self._start_index(hdr)
+            return None
+        finally:
+            if not self._conn.get_autocommit():
+                self._conn.execute("ROLLBACK")
+
+    def _new_wal_reached(self, hdr: wal.WalHeader, offset: int) -> bool:
+        """True if the frame at ``offset`` of the live WAL belongs to the WAL ``hdr`` starts
+        (its salts; SQLite writes a frame's header before its page)."""
+        try:
+            with open(self.wal_path, "rb") as f:
+                head = os.pread(f.fileno(), wal.FRAME_HEADER_SIZE, offset)
+        except FileNotFoundError:
+            return False
+        return len(head) == wal.FRAME_HEADER_SIZE and head[8:16] == hdr.raw[16:24]
 
     def _verify(self) -> tuple[str | None, wal.WalHeader | None]:
         """_verify compares the shadow WAL with the live WAL (Litestream's verify()).
