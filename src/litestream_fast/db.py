@@ -451,6 +451,11 @@ class DB:
         once per checkpoint and the tail is normally empty, so writers wait microseconds.
         """
         assert self._conn is not None
+        if not self._conn.get_autocommit():
+            # Inside a checkpoint's write barrier: the lock is ours already.
+            self._copy_wal()
+            self._start_index(restart_hdr)
+            return None
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except apsw.BusyError:
