@@ -353,10 +353,14 @@ class Replica:
         errors = RateLimitedLogger(log, interval=30.0)
         backoff = self.sync_interval
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 self.sync_once()
                 self._periodic()
                 backoff = self.sync_interval
+                # Syncs start every interval, not an interval after the previous one
+                # ended: a commit waits at most one interval plus one upload.
+                wait = started + self.sync_interval - time.monotonic()
             except Exception as exc:  # noqa: BLE001 - any failure is logged and retried
                 self.last_error = str(exc)
                 self.pos = Pos("", 0, 0)  # recompute from the replica next time (as v0.3)
@@ -364,7 +368,8 @@ class Replica:
                     "replica sync failed: db=%s replica=%s error=%s", self.db.path, self.name, exc
                 )
                 backoff = min(max(backoff * 2, self.sync_interval), 60.0)
-            self._stop.wait(backoff)
+                wait = backoff
+            self._stop.wait(max(0.0, wait))
 
 
 PROGRESS_MIN_BYTES = 64 << 20
