@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-import yaml
-
 from litestream_fast.errors import ConfigError
 from litestream_fast.replica_client import ReplicaClient
 
@@ -199,6 +197,8 @@ def expand_env(text: str) -> str:
 
 def parse_config(text: str, expand: bool = True, source: str = "config") -> Config:
     """parse_config builds a Config from YAML text (``$VAR`` expanded unless ``expand``)."""
+    import yaml  # 30 ms of imports; a command given a replica URL never needs it
+
     if expand:
         text = expand_env(text)
     try:
