@@ -29,11 +29,15 @@ if DEBUG:
 else:
     cflags = ["-O3"]
 
+# The vendored LZ4 block decoder and XXH32 (src/vendor/lz4) are compiled into the same
+# module with hidden symbols, so they never clash with python-lz4's own copy.
+VENDOR = "src/vendor/lz4"
 ext = Extension(
     "litestream_fast._walcore",
-    ["src/_walcore.pyx"],
-    extra_compile_args=cflags,
-    define_macros=macros,
+    ["src/_walcore.pyx", f"{VENDOR}/lz4.c", f"{VENDOR}/xxhash.c"],
+    include_dirs=[VENDOR],
+    extra_compile_args=[*cflags, "-fvisibility=hidden"],
+    define_macros=[*macros, ("XXH_NAMESPACE", "lsf_"), ("LZ4LIB_VISIBILITY", "")],
 )
 
 setup(ext_modules=cythonize([ext], compiler_directives=directives))

@@ -248,3 +248,77 @@ def crc64(const uint8_t[::1] buf, uint64_t crc=0):
                 c = _crc_table[0][(c ^ p[i]) & 0xFF] ^ (c >> 8)
                 i += 1
     return ~c
+
+
+# ---------------------------------------------------------------- LZ4 blocks, XXH32
+#
+# A restore decodes each 4 MiB block of an LZ4 frame straight into a reused buffer and
+# hashes the output in the same GIL-free call (python-lz4 allocates a new object per
+# block). The C sources are vendored under src/vendor/lz4 (BSD 2-Clause).
+
+cdef extern from "lz4.h" nogil:
+    int LZ4_decompress_safe(const char* src, char* dst, int compressedSize, int dstCapacity)
+
+cdef extern from "xxhash.h" nogil:
+    ctypedef struct XXH32_state_t:
+        pass
+    XXH32_state_t* XXH32_createState()
+    int XXH32_freeState(XXH32_state_t* state)
+    int XXH32_reset(XXH32_state_t* state, unsigned int seed)
+    int XXH32_update(XXH32_state_t* state, const void* input, size_t length)
+    unsigned int XXH32_digest(const XXH32_state_t* state)
+    unsigned int c_xxh32 "XXH32"(const void* input, size_t length, unsigned int seed)
+
+
+cdef class XXH32:
+    """XXH32 with seed 0, fed incrementally: an LZ4 frame's content checksum."""
+
+    cdef XXH32_state_t* _state
+
+    def __cinit__(self):
+        self._state = XXH32_createState()
+        if self._state == NULL:
+            raise MemoryError()
+        XXH32_reset(self._state, 0)
+
+    def __dealloc__(self):
+        if self._state != NULL:
+            XXH32_freeState(self._state)
+
+    def update(self, const uint8_t[::1] buf):
+        cdef Py_ssize_t n = buf.shape[0]
+        if n:
+            with nogil:
+                XXH32_update(self._state, &buf[0], <size_t>n)
+
+    def intdigest(self):
+        return XXH32_digest(self._state)
+
+
+def xxh32(const uint8_t[::1] buf):
+    """xxh32 returns the XXH32 (seed 0) of ``buf``: LZ4 header and block checksums."""
+    cdef Py_ssize_t n = buf.shape[0]
+    cdef unsigned int h
+    with nogil:
+        h = c_xxh32(&buf[0] if n else NULL, <size_t>n, 0)
+    return h
+
+
+def lz4_decompress_into(const uint8_t[::1] src, uint8_t[::1] dst, XXH32 content=None):
+    """lz4_decompress_into decodes one LZ4 block ``src`` into ``dst`` and, if ``content``
+    is given, adds the decoded bytes to it. Returns the decoded length, or -1 when the
+    block is malformed or does not fit in ``dst`` (the caller names the object)."""
+    cdef Py_ssize_t ns = src.shape[0], nd = dst.shape[0]
+    cdef int n = -1
+    if ns > 0x7E000000 or nd > 0x7E000000:
+        raise ValueError("lz4 block too large")
+    if ns == 0:
+        return -1  # an empty block is the frame's end mark, never a block to decode
+    if nd == 0:
+        return 0 if ns == 1 and src[0] == 0 else -1
+    cdef XXH32_state_t* st = content._state if content is not None else NULL
+    with nogil:
+        n = LZ4_decompress_safe(<const char*>&src[0], <char*>&dst[0], <int>ns, <int>nd)
+        if n > 0 and st != NULL:
+            XXH32_update(st, &dst[0], <size_t>n)
+    return n if n >= 0 else -1

@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import os
 import random
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import lz4.frame
@@ -48,9 +50,25 @@ def frame(data: bytes, block_size: int = 64 << 10, **kw) -> bytes:
     return lz4.frame.compress(data, block_size=BLOCK_SIZES[block_size], **kw)
 
 
-def decode(blob: bytes, pool=None, window: int = 2, src=None) -> bytes:
+#: The decoders under test: decompress_stream (alone, or with a pool) and decompress_to
+#: (the restore's: a decoding thread, reused buffers, the compiled block kernel).
+VIA = ["stream", "stream-pool", "to"]
+
+
+def decode(blob: bytes, pool=None, window: int = 2, src=None, via: str | None = None) -> bytes:
     src = src if src is not None else io.BytesIO(blob)
-    return b"".join(compression.decompress_stream(src, "obj/key", pool=pool, window=window))
+    via = via or ("stream-pool" if pool is not None else "stream")
+    if via == "to":
+        parts: list[bytes] = []
+        n = compression.decompress_to(src, "obj/key", lambda mv: parts.append(bytes(mv)))
+        out = b"".join(parts)
+        assert n == len(out)
+        return out
+    return b"".join(
+        compression.decompress_stream(
+            src, "obj/key", pool=pool if via == "stream-pool" else None, window=window
+        )
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,19 +86,20 @@ def pool():
     block_checksum=st.booleans(),
     store_size=st.booleans(),
     seed=st.integers(0, 1000),
-    parallel=st.booleans(),
+    via=st.sampled_from(VIA),
 )
 def test_same_bytes_as_python_lz4(
-    pool, n, block_size, linked, content_checksum, block_checksum, store_size, seed, parallel
+    pool, n, block_size, linked, content_checksum, block_checksum, store_size, seed, via
 ):
     data = sqlite_like(n, seed)
     blob = frame(data, block_size, block_linked=linked, content_checksum=content_checksum,
                  block_checksum=block_checksum, store_size=store_size)  # fmt: skip
     assert lz4.frame.decompress(blob) == data
-    assert decode(blob, pool if parallel else None) == data
+    assert decode(blob, pool, via=via) == data
 
 
-def test_incompressible_blocks_are_stored_raw_and_read_back(pool):
+@pytest.mark.parametrize("via", VIA)
+def test_incompressible_blocks_are_stored_raw_and_read_back(pool, via):
     data = os.urandom(300_000)  # LZ4 stores such blocks uncompressed (high bit of the size)
     blob = frame(data)
     sizes = []
@@ -92,7 +111,7 @@ def test_incompressible_blocks_are_stored_raw_and_read_back(pool):
         sizes.append(word)
         pos += 4 + (word & 0x7FFFFFFF)
     assert any(w & 0x80000000 for w in sizes), "expected at least one stored (raw) block"
-    assert decode(blob, pool) == data
+    assert decode(blob, pool, via=via) == data
 
 
 def test_output_slices_are_bounded(pool):
@@ -154,7 +173,7 @@ def test_flipped_bytes_are_caught(pool):
         damaged = bytearray(blob)
         damaged[pos] ^= 0x10
         with pytest.raises(CorruptObject) as ei:
-            decode(bytes(damaged), pool if pos % 2 else None)
+            decode(bytes(damaged), pool, via=VIA[pos % 3])
         assert ei.value.key == "obj/key", pos
 
 
@@ -166,29 +185,109 @@ def test_every_cut_is_caught():
     cuts |= set(random.Random(2).sample(range(len(blob)), 500))
     for n in sorted(c for c in cuts if 0 <= c < len(blob)):
         with pytest.raises(CorruptObject) as ei:
-            decode(blob[:n])
+            decode(blob[:n], via=VIA[n % 3])
         assert ei.value.key == "obj/key"
         if n == 0:
             assert "empty" in str(ei.value)
 
 
+@pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("tail", [b"\x00", b"junk", None])
-def test_trailing_bytes_are_corruption(tail):
+def test_trailing_bytes_are_corruption(pool, tail, via):
     blob = frame(sqlite_like(100_000, 7))
     extra = tail if tail is not None else frame(b"second frame")
     with pytest.raises(CorruptObject, match="trailing"):
-        decode(blob + extra)
+        decode(blob + extra, pool, via=via)
 
 
-def test_block_checksum_mismatch_names_object():
+@pytest.mark.parametrize("via", VIA)
+def test_block_checksum_mismatch_names_object(pool, via):
     data = sqlite_like(200_000, 8)
     blob = bytearray(frame(data, 64 << 10, block_checksum=True, content_checksum=False))
     size = int.from_bytes(blob[7:11], "little") & 0x7FFFFFFF
     blob[11 + size] ^= 0xFF  # the first block's checksum
     with pytest.raises(CorruptObject, match="block checksum"):
-        decode(bytes(blob))
+        decode(bytes(blob), pool, via=via)
 
 
-def test_not_lz4_at_all():
+@pytest.mark.parametrize("via", VIA)
+def test_not_lz4_at_all(pool, via):
     with pytest.raises(CorruptObject, match="lz4"):
-        decode(b"SQLite format 3\x00" + bytes(200))
+        decode(b"SQLite format 3\x00" + bytes(200), pool, via=via)
+
+
+# ------------------------------------------------ decompress_to (the restore's decoder)
+
+
+class ReadOnly:
+    """A stream with ``read`` only (as some HTTP bodies are): no ``readinto``."""
+
+    def __init__(self, data: bytes) -> None:
+        self._b = io.BytesIO(data)
+
+    def read(self, n: int = -1) -> bytes:
+        return self._b.read(n)
+
+
+def test_decompress_to_reads_streams_without_readinto():
+    data = sqlite_like(3 << 20, 9)
+    blob = frame(data, 1 << 20)
+    assert decode(blob, src=ReadOnly(blob), via="to") == data
+
+
+def test_decompress_to_decodes_at_most_ring_blocks_ahead():
+    """Bounded memory: while the sink is busy with the first block, the decoder fills
+    the other reused buffers and stops, whatever the object's size."""
+    data = os.urandom(32 << 20)  # raw blocks: stored size = block size
+    blob = frame(data, 1 << 20)
+    src = CountingReader(blob)
+    seen: list[int] = []
+    parts: list[bytes] = []
+
+    def sink(mv):
+        if not seen:
+            time.sleep(0.3)  # the decoder runs ahead meanwhile
+            seen.append(src.consumed)
+        parts.append(bytes(mv))
+
+    compression.decompress_to(src, "k", sink, ring=3)
+    assert seen[0] <= (3 + 1) * ((1 << 20) + 8), seen[0]
+    assert b"".join(parts) == data
+
+
+def test_decompress_to_sink_failure_stops_the_decoder():
+    """An exception from the sink (a failing write) is raised and the decoding thread
+    ends, even while it waits for a free buffer."""
+    blob = frame(os.urandom(8 << 20), 1 << 20)
+    done = threading.Event()
+    result = {}
+
+    def run():
+        def sink(mv):
+            time.sleep(0.1)  # the decoder fills every buffer
+            raise OSError("disk full")
+
+        try:
+            compression.decompress_to(io.BytesIO(blob), "k", sink, ring=2)
+        except OSError as exc:
+            result["error"] = str(exc)
+        done.set()
+
+    before = threading.active_count()
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    assert done.wait(5), "decoder clean-up hung"
+    assert result["error"] == "disk full"
+    t.join(5)
+    assert threading.active_count() == before
+
+
+def test_decompress_to_corruption_after_output_is_raised():
+    """A content checksum that fails after every block went to the sink still raises."""
+    data = sqlite_like(2 << 20, 10)
+    blob = bytearray(frame(data, 1 << 20))
+    blob[-1] ^= 0x01  # the content checksum
+    got: list[int] = []
+    with pytest.raises(CorruptObject, match="content checksum"):
+        compression.decompress_to(io.BytesIO(bytes(blob)), "k", lambda mv: got.append(len(mv)))
+    assert sum(got) == len(data)

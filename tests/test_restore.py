@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import os
 import struct
-import time
 
 import lz4.frame
 import pytest
@@ -596,44 +595,3 @@ def test_output_disk_failure_is_one_clean_error(three_index_replica, tmp_path, m
     restore(plan, out)
     assert integrity_ok(out)
     assert content_hash(out) == w.hash()
-
-
-def test_restore_pipeline_consumer_failure_does_not_hang():
-    """The restore's decompress-ahead thread stops when the writer fails, even with its
-    queue full and its own work finished (it would otherwise block, and the writer's
-    clean-up with it)."""
-    import threading
-
-    from litestream_fast.restore import _pipelined
-
-    done = threading.Event()
-    result = {}
-
-    def run():
-        it = _pipelined([b"a", b"b"], depth=1)
-        try:
-            next(it)
-            time.sleep(0.2)  # the producer fills the queue and finishes its items
-            raise OSError("disk full")  # as a failing write would
-        except OSError as exc:
-            it.close()
-            result["error"] = str(exc)
-        done.set()
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    assert done.wait(5), "pipeline clean-up hung"
-    assert result["error"] == "disk full"
-
-
-def test_restore_pipeline_passes_producer_errors_on():
-    from litestream_fast.restore import _pipelined
-
-    def items():
-        yield b"x"
-        raise CorruptObject("k", "bad block")
-
-    it = _pipelined(items(), depth=1)
-    assert next(it) == b"x"
-    with pytest.raises(CorruptObject, match="bad block"):
-        next(it)

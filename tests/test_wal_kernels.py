@@ -293,3 +293,35 @@ def test_backends_agree_on_valid_and_mutated_wals(
 
 def test_loaded_backend_is_used():
     assert core is (_walcore_py if BACKEND == "python" else _compiled)
+
+
+# ------------------------------------------------------------ LZ4 blocks, XXH32
+
+
+@given(
+    data=st.binary(max_size=20_000) | st.integers(0, 300).map(lambda n: b"page%05d" % n * 500),
+    cut=st.integers(0, 40),
+    flip=st.none() | st.integers(0, 10**6),
+    room=st.integers(-5, 5),
+)
+def test_lz4_block_kernel_backends_agree_with_python_lz4(data, cut, flip, room):
+    """lz4_decompress_into on valid, cut, flipped and too-small inputs: both backends give
+    the same length and bytes, and valid blocks give python-lz4's content and XXH32."""
+    import lz4.block
+    import xxhash
+
+    block = bytearray(lz4.block.compress(data, store_size=False))
+    if cut:
+        del block[len(block) - min(cut, len(block) - 1) :]
+    if flip is not None:
+        block[flip % len(block)] ^= 0x5A
+    results = {}
+    for name, m in BACKENDS.items():
+        dst = bytearray(max(0, len(data) + room))
+        h = m.XXH32()
+        n = m.lz4_decompress_into(bytes(block), dst, h)
+        results[name] = (n, bytes(dst[: max(n, 0)]), h.intdigest() if n >= 0 else None)
+        if not cut and flip is None and room >= 0:
+            assert n == len(data) and dst[:n] == data
+            assert h.intdigest() == xxhash.xxh32_intdigest(data) == m.xxh32(data)
+    assert len(set(results.values())) == 1, results

@@ -149,3 +149,48 @@ def crc64(buf, crc: int = 0) -> int:
     for byte in memoryview(buf).cast("B"):
         c = table[(c ^ byte) & 0xFF] ^ (c >> 8)
     return ~c & _MASK64
+
+
+# ------------------------------------------------------------ LZ4 blocks, XXH32
+
+
+class XXH32:
+    """XXH32 with seed 0, fed incrementally (the ``xxhash`` package)."""
+
+    def __init__(self) -> None:
+        import xxhash
+
+        self._h = xxhash.xxh32()
+
+    def update(self, buf) -> None:
+        self._h.update(buf)
+
+    def intdigest(self) -> int:
+        return self._h.intdigest()
+
+
+def xxh32(buf) -> int:
+    """xxh32 returns the XXH32 (seed 0) of ``buf``."""
+    import xxhash
+
+    return xxhash.xxh32_intdigest(buf)
+
+
+def lz4_decompress_into(src, dst, content: XXH32 | None = None) -> int:
+    """lz4_decompress_into decodes one LZ4 block ``src`` into ``dst`` (python-lz4) and adds
+    the decoded bytes to ``content``; -1 when malformed or too big for ``dst``."""
+    import lz4.block
+
+    if not len(src):
+        return -1  # an empty block is the frame's end mark, never a block to decode
+    if not len(dst):
+        return 0 if bytes(src) == b"\x00" else -1
+    try:
+        out = lz4.block.decompress(src, uncompressed_size=len(dst))
+    except lz4.block.LZ4BlockError:
+        return -1
+    n = len(out)
+    memoryview(dst)[:n] = out
+    if content is not None:
+        content.update(out)
+    return n

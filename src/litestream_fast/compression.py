@@ -5,21 +5,27 @@ content size. python-lz4 writes the same standard frame format from any buffer w
 copy and releases the GIL while it compresses. Readers verify the content checksum and
 that the frame is complete; a damaged object raises ``CorruptObject`` naming its key.
 
-Restores decompress the blocks themselves (``decompress_stream``): independent blocks can
-be decompressed in parallel, and memory is then a few blocks whatever the object size.
+Readers parse frames of independent blocks themselves, so memory is a few blocks whatever
+the object size: ``decompress_stream`` yields the content (WAL segments; blocks may be
+decompressed in a pool), and ``decompress_to`` (snapshots) decodes in a thread of its own
+into reused buffers with the compiled core's LZ4 block decoder and XXH32, which update the
+content checksum in the same GIL-free call. Any other frame goes to python-lz4.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import BinaryIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import lz4.block
 import lz4.frame
-import xxhash
 
+from litestream_fast._backend import core
 from litestream_fast.errors import CorruptObject
 
 BLOCK_SIZE = 4 << 20
@@ -100,6 +106,73 @@ class _Prefixed:
         return self._src.read(n)
 
 
+@dataclass(frozen=True)
+class _Frame:
+    """What a parsed LZ4 frame header of independent blocks says about its blocks."""
+
+    block_max: int
+    block_checksums: bool
+    content_checksum: bool
+
+
+def _read_frame_header(src: BinaryIO, key: str) -> _Frame | bytes:
+    """Read an LZ4 frame header. A frame of independent blocks with no dictionary (what
+    Litestream and this project write) gives a ``_Frame``; anything else gives the bytes
+    read so far, for python-lz4's streaming decoder. A damaged header raises."""
+    head = _read_exact(src, 6)
+    if len(head) < 6 or int.from_bytes(head[:4], "little") != _MAGIC:
+        return head
+    flg, bd = head[4], head[5]
+    independent, block_ck = flg & 0x20, flg & 0x10
+    has_size, content_ck, has_dict = flg & 0x08, flg & 0x04, flg & 0x01
+    block_max = _BLOCK_MAX.get((bd >> 4) & 7)
+    if flg >> 6 != 1 or not independent or has_dict or flg & 0x02 or bd & 0x8F or not block_max:
+        return head
+    rest = _read_exact(src, (8 if has_size else 0) + 1)
+    if len(rest) < (8 if has_size else 0) + 1:
+        raise CorruptObject(key, "truncated lz4 frame")
+    descriptor = head[4:] + rest[:-1]
+    if (core.xxh32(descriptor) >> 8) & 0xFF != rest[-1]:
+        raise CorruptObject(key, "lz4: frame header checksum mismatch")
+    return _Frame(block_max, bool(block_ck), bool(content_ck))
+
+
+def _read_block_size(src: BinaryIO, key: str, frame: _Frame) -> tuple[int, bool] | None:
+    """Read a block's size word: (length, compressed), or None at the end mark."""
+    word = _read_exact(src, 4)
+    if len(word) < 4:
+        raise CorruptObject(key, "truncated lz4 frame")
+    size = int.from_bytes(word, "little")
+    if size == 0:
+        return None
+    n = size & ~_UNCOMPRESSED_BIT
+    if n > frame.block_max:
+        raise CorruptObject(key, f"lz4: block of {n} bytes exceeds the frame's {frame.block_max}")
+    return n, not size & _UNCOMPRESSED_BIT
+
+
+def _check_block(src: BinaryIO, key: str, frame: _Frame, block) -> None:
+    """Verify the block checksum that follows ``block``, if the frame has them."""
+    if frame.block_checksums:
+        ck = _read_exact(src, 4)
+        if len(ck) < 4:
+            raise CorruptObject(key, "truncated lz4 frame")
+        if core.xxh32(block) != int.from_bytes(ck, "little"):
+            raise CorruptObject(key, "lz4: block checksum mismatch")
+
+
+def _finish_frame(src: BinaryIO, key: str, frame: _Frame, digest: int) -> None:
+    """Verify the content checksum after the end mark, and that nothing follows."""
+    if frame.content_checksum:
+        ck = _read_exact(src, 4)
+        if len(ck) < 4:
+            raise CorruptObject(key, "truncated lz4 frame")
+        if digest != int.from_bytes(ck, "little"):
+            raise CorruptObject(key, "lz4: content checksum mismatch")
+    if src.read(1):
+        raise CorruptObject(key, "trailing bytes after lz4 frame")
+
+
 def decompress_stream(
     src: BinaryIO, key: str, pool: Executor | None = None, window: int = 3
 ) -> Iterator[bytes | memoryview]:
@@ -107,73 +180,45 @@ def decompress_stream(
 
     Frames of independent blocks (what Litestream and this project write) are parsed
     here: each block is read whole and decompressed by ``lz4.block`` (in ``pool``, at most
-    ``window`` blocks ahead, when one is given: the blocks of a snapshot decompress on all
-    cores), and the XXH32 header, block and content checksums are verified with
-    ``xxhash`` (python-lz4 does not expose XXH32). Memory stays at about ``window`` + 1
-    blocks (4 MiB each). Any other frame (linked blocks, a dictionary) goes through
-    python-lz4's streaming decompressor. Output comes in slices of at most ``OUT_CHUNK``.
+    ``window`` blocks ahead, when one is given), and the XXH32 header, block and content
+    checksums are verified. Memory stays at about ``window`` + 1 blocks (4 MiB each). Any
+    other frame (linked blocks, a dictionary) goes through python-lz4's streaming
+    decompressor. Output comes in slices of at most ``OUT_CHUNK``.
 
     Raises CorruptObject naming ``key`` when the frame is malformed, fails a checksum, is
     truncated, or has trailing bytes.
     """
-    head = _read_exact(src, 6)
-    if len(head) < 6 or int.from_bytes(head[:4], "little") != _MAGIC:
-        yield from _decompress_streaming(_Prefixed(head, src), key)
+    frame = _read_frame_header(src, key)
+    if isinstance(frame, bytes):
+        yield from _decompress_streaming(_Prefixed(frame, src), key)
         return
-    flg, bd = head[4], head[5]
-    independent, block_ck = flg & 0x20, flg & 0x10
-    has_size, content_ck, has_dict = flg & 0x08, flg & 0x04, flg & 0x01
-    block_max = _BLOCK_MAX.get((bd >> 4) & 7)
-    if flg >> 6 != 1 or not independent or has_dict or flg & 0x02 or bd & 0x8F or not block_max:
-        yield from _decompress_streaming(_Prefixed(head, src), key)
-        return
-    rest = _read_exact(src, (8 if has_size else 0) + 1)
-    if len(rest) < (8 if has_size else 0) + 1:
-        raise CorruptObject(key, "truncated lz4 frame")
-    descriptor = head[4:] + rest[:-1]
-    if (xxhash.xxh32_intdigest(descriptor) >> 8) & 0xFF != rest[-1]:
-        raise CorruptObject(key, "lz4: frame header checksum mismatch")
 
     def unpack(block: bytes, compressed: bool) -> bytes:
         if not compressed:
             return block
         try:
-            return lz4.block.decompress(block, uncompressed_size=block_max)
+            return lz4.block.decompress(block, uncompressed_size=frame.block_max)
         except lz4.block.LZ4BlockError as exc:
             raise CorruptObject(key, f"lz4: {exc}") from None
 
-    content = xxhash.xxh32()
+    content = core.XXH32()
     pending: deque[Future[bytes] | bytes] = deque()
 
     def emit(item: Future[bytes] | bytes) -> Iterator[memoryview]:
         out = item.result() if isinstance(item, Future) else item
-        if content_ck:
+        if frame.content_checksum:
             content.update(out)
         mv = memoryview(out)
         for i in range(0, len(mv), OUT_CHUNK):
             yield mv[i : i + OUT_CHUNK]
 
     try:
-        while True:
-            word = _read_exact(src, 4)
-            if len(word) < 4:
-                raise CorruptObject(key, "truncated lz4 frame")
-            size = int.from_bytes(word, "little")
-            if size == 0:
-                break
-            n = size & ~_UNCOMPRESSED_BIT
-            if n > block_max:
-                raise CorruptObject(key, f"lz4: block of {n} bytes exceeds the frame's {block_max}")
+        while (blk := _read_block_size(src, key, frame)) is not None:
+            n, compressed = blk
             block = _read_exact(src, n)
             if len(block) < n:
                 raise CorruptObject(key, "truncated lz4 frame")
-            if block_ck:
-                ck = _read_exact(src, 4)
-                if len(ck) < 4:
-                    raise CorruptObject(key, "truncated lz4 frame")
-                if xxhash.xxh32_intdigest(block) != int.from_bytes(ck, "little"):
-                    raise CorruptObject(key, "lz4: block checksum mismatch")
-            compressed = not size & _UNCOMPRESSED_BIT
+            _check_block(src, key, frame, block)
             if pool is None:
                 yield from emit(unpack(block, compressed))
                 continue
@@ -187,14 +232,114 @@ def decompress_stream(
         for f in pending:
             if isinstance(f, Future):
                 f.cancel()
-    if content_ck:
-        ck = _read_exact(src, 4)
-        if len(ck) < 4:
-            raise CorruptObject(key, "truncated lz4 frame")
-        if content.intdigest() != int.from_bytes(ck, "little"):
-            raise CorruptObject(key, "lz4: content checksum mismatch")
-    if src.read(1):
-        raise CorruptObject(key, "trailing bytes after lz4 frame")
+    _finish_frame(src, key, frame, content.intdigest())
+
+
+#: Reused output buffers of ``decompress_to``: blocks decoded ahead of the sink.
+RING = 3
+_END = object()
+
+
+def decompress_to(
+    src: BinaryIO, key: str, sink: Callable[[memoryview], None], ring: int = RING
+) -> int:
+    """decompress_to decodes the LZ4 frame read from ``src`` and hands its content, in
+    order, to ``sink``, called in the calling thread; returns the content's length.
+
+    Built for restoring snapshots: for frames of independent blocks a thread of its own
+    reads each block and decodes it straight into one of ``ring`` reused buffers, updating
+    the content checksum in the same GIL-free call (``lz4_decompress_into`` in the
+    compiled core), while ``sink`` writes the previous block. Nothing is allocated per
+    block, and memory is ``ring`` + 1 blocks. A view passed to ``sink`` is valid only
+    during the call. Other frames go through python-lz4's streaming decoder.
+
+    Raises CorruptObject naming ``key``, exactly as ``decompress_stream`` does; what an
+    exception from ``sink`` interrupts stops the decoder.
+    """
+    frame = _read_frame_header(src, key)
+    if isinstance(frame, bytes):
+        total = 0
+        for chunk in _decompress_streaming(_Prefixed(frame, src), key):
+            sink(memoryview(chunk))
+            total += len(chunk)
+        return total
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(max(1, ring)):
+        free.put(bytearray(frame.block_max))
+    ready: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def take() -> bytearray | None:
+        while not stop.is_set():
+            try:
+                return free.get(timeout=0.05)
+            except queue.Empty:
+                continue
+        return None
+
+    def decode() -> None:
+        try:
+            inbuf = memoryview(bytearray(frame.block_max))
+            content = core.XXH32() if frame.content_checksum else None
+            while (blk := _read_block_size(src, key, frame)) is not None:
+                n, compressed = blk
+                out = take()
+                if out is None:
+                    return  # the consumer has gone
+                view = inbuf[:n] if compressed else memoryview(out)[:n]
+                if read_into(src, view) < n:
+                    raise CorruptObject(key, "truncated lz4 frame")
+                _check_block(src, key, frame, view)
+                if compressed:
+                    m = core.lz4_decompress_into(view, out, content)
+                    if m < 0:
+                        raise CorruptObject(key, "lz4: malformed compressed block")
+                else:
+                    m = n
+                    if content is not None:
+                        content.update(view)
+                ready.put((out, m))
+            _finish_frame(src, key, frame, content.intdigest() if content else 0)
+            ready.put(_END)
+        except BaseException as exc:  # handed to the consumer
+            ready.put(exc)
+
+    t = threading.Thread(target=decode, name="lz4-decode", daemon=True)
+    t.start()
+    total = 0
+    try:
+        while True:
+            item = ready.get()
+            if item is _END:
+                return total
+            if isinstance(item, BaseException):
+                raise item
+            out, m = item
+            if m:
+                sink(memoryview(out)[:m])
+            total += m
+            free.put(out)
+    finally:
+        stop.set()
+        t.join()
+
+
+def read_into(src: BinaryIO, view: memoryview) -> int:
+    """read_into fills ``view`` from ``src`` (fewer bytes only at the end of the stream),
+    with ``readinto`` when the stream has it (no intermediate bytes object)."""
+    readinto = getattr(src, "readinto", None)
+    got, n = 0, len(view)
+    while got < n:
+        if readinto is not None:
+            k = readinto(view[got:])
+        else:
+            more = src.read(n - got)
+            k = len(more)
+            view[got : got + k] = more
+        if not k:
+            break
+        got += k
+    return got
 
 
 def _decompress_streaming(src: BinaryIO | _Prefixed, key: str) -> Iterator[bytes]:

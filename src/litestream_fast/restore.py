@@ -49,10 +49,11 @@ download in parallel (``parallelism`` worker threads and a bounded window of
 ``4 * parallelism`` segments submitted ahead, in order; each is decompressed
 straight into its place in a per-index ``<tmp>-<index>-wal`` file with ``pwrite``, so
 memory stays at a few MiB per worker whatever the object sizes). The snapshot's path is a
-pipeline: one thread reads the object and hands its LZ4 blocks to ``DECOMPRESS_WORKERS``
-threads (a few blocks in flight), this thread writes what they produce in order, and every
-``FLUSH_BYTES`` a background ``fdatasync`` keeps the disk writing while decompression goes
-on, so the final fsync has only the tail left. Indexes are applied in
+pipeline (``compression.decompress_to``): one thread reads each LZ4 block and decodes it
+into one of a few reused buffers with the compiled core (GIL released, content checksum
+updated in the same call), the fetching thread writes them in order, and every
+``FLUSH_BYTES`` a background ``fdatasync`` keeps the disk writing while decoding goes on,
+so the final fsync has only the tail left. Indexes are applied in
 order as they complete: the index file becomes ``<tmp>-wal``, is verified, and SQLite
 checkpoints it (``PASSIVE``, which reports the frames it took, then ``TRUNCATE``; busy
 must be 0 — TRUNCATE alone reports 0/0 once it has reset the WAL). Then the optional
@@ -70,7 +71,6 @@ import glob
 import logging
 import mmap
 import os
-import queue
 import re
 import struct
 import tempfile
@@ -86,7 +86,7 @@ from typing import Any, BinaryIO
 import apsw
 
 from litestream_fast import wal
-from litestream_fast.compression import decompress_stream
+from litestream_fast.compression import decompress_stream, decompress_to, read_into
 from litestream_fast.errors import (
     CorruptObject,
     IntegrityCheckFailed,
@@ -484,6 +484,12 @@ class _CountingReader:
             self._progress(len(buf))
         return buf
 
+    def readinto(self, b) -> int:
+        n = read_into(self._src, memoryview(b))
+        if n:
+            self._progress(n)
+        return n
+
 
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     mv = memoryview(data)
@@ -493,59 +499,10 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         offset += n
 
 
-#: Chunks a decompressing thread may hold ready for the writer (each at most 1 MiB).
-PIPELINE_DEPTH = 4
-#: Threads decompressing a snapshot's LZ4 blocks (4 MiB each); the blocks in flight.
-DECOMPRESS_WORKERS = max(1, min(4, os.cpu_count() or 1))
 #: Start the disk writing what is dirty each time this much more has been written.
 FLUSH_BYTES = 64 << 20
 #: mmap limit for the integrity check (SQLite maps at most this much of the file).
 MMAP_CHECK_BYTES = 1 << 40
-
-_DONE = object()
-
-
-def _pipelined(items: Iterable[bytes], depth: int = PIPELINE_DEPTH) -> Iterator[bytes]:
-    """_pipelined runs ``items`` (read + LZ4 decompress, which release the GIL) in a thread
-    of its own and yields what it produces, at most ``depth`` chunks ahead, so the
-    decompression of one chunk overlaps the write of the previous one. An exception in the
-    producer is raised here; abandoning the iterator stops the producer."""
-    q: queue.Queue[Any] = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item: Any) -> bool:
-        """Hand ``item`` over unless the consumer has gone (then a full queue would block
-        this thread, and the consumer's join, for ever)."""
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.05)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce() -> None:
-        try:
-            for item in items:
-                if not put(item):
-                    return
-            put(_DONE)
-        except BaseException as exc:  # handed to the consumer
-            put(exc)
-
-    t = threading.Thread(target=produce, name="restore-decompress", daemon=True)
-    t.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        t.join()
 
 
 class _Flusher:
@@ -615,8 +572,6 @@ class _Restorer:
         os.close(fd)
         self.page_size = 0
         self.wal_bytes = 0
-        #: Decompresses the snapshot's LZ4 blocks in parallel (set while ``run`` runs).
-        self.block_pool: ThreadPoolExecutor | None = None
 
     # -- temp files
 
@@ -639,20 +594,18 @@ class _Restorer:
             with self.client.snapshot_reader(self.plan.generation, snap.index) as src:
                 fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
                 flusher = _Flusher(fd)
+
+                def write(block: memoryview) -> None:
+                    nonlocal n
+                    try:
+                        _pwrite_all(fd, block, n)
+                    except OSError as exc:
+                        raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
+                    n += len(block)
+                    flusher.wrote(len(block))
+
                 try:
-                    chunks = decompress_stream(
-                        _CountingReader(src, self.progress),
-                        key,
-                        pool=self.block_pool,
-                        window=DECOMPRESS_WORKERS,
-                    )
-                    for chunk in _pipelined(chunks):
-                        try:
-                            _pwrite_all(fd, chunk, n)
-                        except OSError as exc:
-                            raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
-                        n += len(chunk)
-                        flusher.wrote(len(chunk))
+                    decompress_to(_CountingReader(src, self.progress), key, write)
                 finally:
                     flusher.close(self.tmp, "write")
         except LitestreamError:
@@ -855,12 +808,7 @@ class _Restorer:
     def run(self) -> tuple[int, Pos]:
         plan = self.plan
         segs = list(plan.segments)
-        with (
-            ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="restore") as pool,
-            ThreadPoolExecutor(
-                max_workers=DECOMPRESS_WORKERS, thread_name_prefix="restore-lz4"
-            ) as self.block_pool,
-        ):
+        with ThreadPoolExecutor(max_workers=self.parallelism, thread_name_prefix="restore") as pool:
             try:
                 snap_future = pool.submit(self.fetch_snapshot)
                 # Workers = parallelism; a few more segments may wait queued so workers stay
