@@ -391,6 +391,21 @@ def test_two_wal_restarts_while_down_start_new_generation(env, tmp_path):
         db2.close()
 
 
+def _restart_with_uncopied_tail(env) -> str:
+    """Replicate, stop, then let the app commit a tail we have not copied and restart the
+    WAL once; returns the generation. The tail changes early pages that later commits
+    (appends) do not write again, so losing it shows in the restored content."""
+    app, db, r, _replica_dir, _path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    db.close()
+    app.execute("UPDATE t SET x = randomblob(200) WHERE id <= 10")
+    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+    insert(app, 1)  # restarts the WAL
+    return gen
+
+
 def test_wal_restart_while_down_then_old_tail_overwritten_is_never_a_silent_gap(
     env, tmp_path, monkeypatch
 ):
@@ -399,15 +414,7 @@ def test_wal_restart_while_down_then_old_tail_overwritten_is_never_a_silent_gap(
     before we copied that tail. The tail is lost; continuing the generation would leave a
     silent gap, so a new generation must start (and the replica must still restore)."""
     app, db, r, replica_dir, path = env
-    insert(app, 100)
-    r.sync_once()
-    gen = db.generation
-    db.close()
-    # Not yet copied, still in the old WAL: changes to early pages that later commits
-    # (appends) do not write again, so losing them shows in the restored content.
-    app.execute("UPDATE t SET x = randomblob(200) WHERE id <= 10")
-    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    insert(app, 1)  # restarts the WAL
+    gen = _restart_with_uncopied_tail(env)
     db2 = DB(path, checkpoint_interval=0)
     verify = DB._verify
     fired = []
@@ -437,13 +444,7 @@ def test_wal_restart_seen_while_a_writer_holds_the_lock(env, tmp_path, monkeypat
     copied anyway and then checked: intact, the generation goes on; reached by the new
     WAL, a new generation starts."""
     app, db, r, replica_dir, path = env
-    insert(app, 100)
-    r.sync_once()
-    gen = db.generation
-    db.close()
-    app.execute("UPDATE t SET x = randomblob(200) WHERE id <= 10")
-    app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-    insert(app, 1)  # restarts the WAL
+    gen = _restart_with_uncopied_tail(env)
     holder = connect(path)
     db2 = DB(path, checkpoint_interval=0, busy_timeout=0.05)
     verify = DB._verify
