@@ -1,7 +1,7 @@
 """LZ4 frame decoding for restores: our block decoder against python-lz4's frame decoder.
 
-``compression.decompress_stream`` parses frames of independent blocks itself (so a
-snapshot's blocks decompress in parallel, in bounded memory) and hands every other frame
+``compression.decompress_stream`` and ``decompress_to`` parse frames of independent blocks
+themselves (bounded memory) and hand every other frame
 to python-lz4's streaming decoder. Both must give the same bytes for any frame python-lz4
 writes, and every damaged byte or cut must raise ``CorruptObject`` naming the object.
 """
@@ -13,7 +13,6 @@ import os
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import lz4.frame
 import pytest
@@ -50,31 +49,20 @@ def frame(data: bytes, block_size: int = 64 << 10, **kw) -> bytes:
     return lz4.frame.compress(data, block_size=BLOCK_SIZES[block_size], **kw)
 
 
-#: The decoders under test: decompress_stream (alone, or with a pool) and decompress_to
-#: (the restore's: a decoding thread, reused buffers, the compiled block kernel).
-VIA = ["stream", "stream-pool", "to"]
+#: The decoders under test: decompress_stream (WAL segments) and decompress_to (the
+#: restore's snapshots: a decoding thread, reused buffers, the compiled block kernel).
+VIA = ["stream", "to"]
 
 
-def decode(blob: bytes, pool=None, window: int = 2, src=None, via: str | None = None) -> bytes:
+def decode(blob: bytes, src=None, via: str = "stream") -> bytes:
     src = src if src is not None else io.BytesIO(blob)
-    via = via or ("stream-pool" if pool is not None else "stream")
     if via == "to":
         parts: list[bytes] = []
         n = compression.decompress_to(src, "obj/key", lambda mv: parts.append(bytes(mv)))
         out = b"".join(parts)
         assert n == len(out)
         return out
-    return b"".join(
-        compression.decompress_stream(
-            src, "obj/key", pool=pool if via == "stream-pool" else None, window=window
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def pool():
-    with ThreadPoolExecutor(max_workers=2) as p:
-        yield p
+    return b"".join(compression.decompress_stream(src, "obj/key"))
 
 
 @settings(max_examples=60, deadline=None)
@@ -89,17 +77,17 @@ def pool():
     via=st.sampled_from(VIA),
 )
 def test_same_bytes_as_python_lz4(
-    pool, n, block_size, linked, content_checksum, block_checksum, store_size, seed, via
+    n, block_size, linked, content_checksum, block_checksum, store_size, seed, via
 ):
     data = sqlite_like(n, seed)
     blob = frame(data, block_size, block_linked=linked, content_checksum=content_checksum,
                  block_checksum=block_checksum, store_size=store_size)  # fmt: skip
     assert lz4.frame.decompress(blob) == data
-    assert decode(blob, pool, via=via) == data
+    assert decode(blob, via=via) == data
 
 
 @pytest.mark.parametrize("via", VIA)
-def test_incompressible_blocks_are_stored_raw_and_read_back(pool, via):
+def test_incompressible_blocks_are_stored_raw_and_read_back(via):
     data = os.urandom(300_000)  # LZ4 stores such blocks uncompressed (high bit of the size)
     blob = frame(data)
     sizes = []
@@ -111,13 +99,13 @@ def test_incompressible_blocks_are_stored_raw_and_read_back(pool, via):
         sizes.append(word)
         pos += 4 + (word & 0x7FFFFFFF)
     assert any(w & 0x80000000 for w in sizes), "expected at least one stored (raw) block"
-    assert decode(blob, pool, via=via) == data
+    assert decode(blob, via=via) == data
 
 
-def test_output_slices_are_bounded(pool):
+def test_output_slices_are_bounded():
     data = sqlite_like(9 << 20, 3)
     blob = frame(data, 4 << 20)
-    chunks = list(compression.decompress_stream(io.BytesIO(blob), "k", pool=pool, window=2))
+    chunks = list(compression.decompress_stream(io.BytesIO(blob), "k"))
     assert max(len(c) for c in chunks) <= compression.OUT_CHUNK
     assert b"".join(chunks) == data
 
@@ -133,16 +121,16 @@ class CountingReader(io.BytesIO):
         return b
 
 
-def test_reads_at_most_window_blocks_ahead(pool):
-    """Bounded memory: with window W, no more than W + 1 blocks are read before the
-    first output is taken, whatever the object's size."""
+def test_reads_one_block_ahead():
+    """Bounded memory: no more than one block is read before the first output is taken,
+    whatever the object's size."""
     data = os.urandom(64 << 20)  # raw blocks: stored size = block size
     blob = frame(data, 1 << 20)
     src = CountingReader(blob)
-    it = compression.decompress_stream(src, "k", pool=pool, window=2)
+    it = compression.decompress_stream(src, "k")
     first = next(it)
     assert len(first) > 0
-    assert src.consumed <= 4 * ((1 << 20) + 8), src.consumed
+    assert src.consumed <= (1 << 20) + 16, src.consumed
     rest = b"".join(it)
     assert bytes(first) + rest == data
 
@@ -159,7 +147,7 @@ def block_starts(blob: bytes) -> list[int]:
         pos += 4 + (word & 0x7FFFFFFF)
 
 
-def test_flipped_bytes_are_caught(pool):
+def test_flipped_bytes_are_caught():
     """Every byte of the header, of each block's size word and of the checksum, and a
     thousand bytes inside blocks: each flip raises CorruptObject naming the object."""
     data = sqlite_like(150_000, 5)
@@ -173,7 +161,7 @@ def test_flipped_bytes_are_caught(pool):
         damaged = bytearray(blob)
         damaged[pos] ^= 0x10
         with pytest.raises(CorruptObject) as ei:
-            decode(bytes(damaged), pool, via=VIA[pos % 3])
+            decode(bytes(damaged), via=VIA[pos % 2])
         assert ei.value.key == "obj/key", pos
 
 
@@ -185,7 +173,7 @@ def test_every_cut_is_caught():
     cuts |= set(random.Random(2).sample(range(len(blob)), 500))
     for n in sorted(c for c in cuts if 0 <= c < len(blob)):
         with pytest.raises(CorruptObject) as ei:
-            decode(blob[:n], via=VIA[n % 3])
+            decode(blob[:n], via=VIA[n % 2])
         assert ei.value.key == "obj/key"
         if n == 0:
             assert "empty" in str(ei.value)
@@ -193,27 +181,27 @@ def test_every_cut_is_caught():
 
 @pytest.mark.parametrize("via", VIA)
 @pytest.mark.parametrize("tail", [b"\x00", b"junk", None])
-def test_trailing_bytes_are_corruption(pool, tail, via):
+def test_trailing_bytes_are_corruption(tail, via):
     blob = frame(sqlite_like(100_000, 7))
     extra = tail if tail is not None else frame(b"second frame")
     with pytest.raises(CorruptObject, match="trailing"):
-        decode(blob + extra, pool, via=via)
+        decode(blob + extra, via=via)
 
 
 @pytest.mark.parametrize("via", VIA)
-def test_block_checksum_mismatch_names_object(pool, via):
+def test_block_checksum_mismatch_names_object(via):
     data = sqlite_like(200_000, 8)
     blob = bytearray(frame(data, 64 << 10, block_checksum=True, content_checksum=False))
     size = int.from_bytes(blob[7:11], "little") & 0x7FFFFFFF
     blob[11 + size] ^= 0xFF  # the first block's checksum
     with pytest.raises(CorruptObject, match="block checksum"):
-        decode(bytes(blob), pool, via=via)
+        decode(bytes(blob), via=via)
 
 
 @pytest.mark.parametrize("via", VIA)
-def test_not_lz4_at_all(pool, via):
+def test_not_lz4_at_all(via):
     with pytest.raises(CorruptObject, match="lz4"):
-        decode(b"SQLite format 3\x00" + bytes(200), pool, via=via)
+        decode(b"SQLite format 3\x00" + bytes(200), via=via)
 
 
 # ------------------------------------------------ decompress_to (the restore's decoder)

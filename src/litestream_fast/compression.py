@@ -6,8 +6,7 @@ copy and releases the GIL while it compresses. Readers verify the content checks
 that the frame is complete; a damaged object raises ``CorruptObject`` naming its key.
 
 Readers parse frames of independent blocks themselves, so memory is a few blocks whatever
-the object size: ``decompress_stream`` yields the content (WAL segments; blocks may be
-decompressed in a pool), and ``decompress_to`` (snapshots) decodes in a thread of its own
+the object size: ``decompress_stream`` yields the content (WAL segments), and ``decompress_to`` (snapshots) decodes in a thread of its own
 into reused buffers with the compiled core's LZ4 block decoder and XXH32, which update the
 content checksum in the same GIL-free call. Any other frame goes to python-lz4.
 """
@@ -16,9 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -173,17 +170,15 @@ def _finish_frame(src: BinaryIO, key: str, frame: _Frame, digest: int) -> None:
         raise CorruptObject(key, "trailing bytes after lz4 frame")
 
 
-def decompress_stream(
-    src: BinaryIO, key: str, pool: Executor | None = None, window: int = 3
-) -> Iterator[bytes | memoryview]:
+def decompress_stream(src: BinaryIO, key: str) -> Iterator[bytes | memoryview]:
     """decompress_stream yields the decompressed content of the LZ4 frame read from ``src``.
 
     Frames of independent blocks (what Litestream and this project write) are parsed
-    here: each block is read whole and decompressed by ``lz4.block`` (in ``pool``, at most
-    ``window`` blocks ahead, when one is given), and the XXH32 header, block and content
-    checksums are verified. Memory stays at about ``window`` + 1 blocks (4 MiB each). Any
-    other frame (linked blocks, a dictionary) goes through python-lz4's streaming
-    decompressor. Output comes in slices of at most ``OUT_CHUNK``.
+    here: each block is read whole, decompressed by ``lz4.block`` and its output yielded
+    before the next block is read, and the XXH32 header, block and content checksums are
+    verified. Memory stays at about two blocks (4 MiB each). Any other frame (linked
+    blocks, a dictionary) goes through python-lz4's streaming decompressor. Output comes
+    in slices of at most ``OUT_CHUNK``.
 
     Raises CorruptObject naming ``key`` when the frame is malformed, fails a checksum, is
     truncated, or has trailing bytes.
@@ -192,46 +187,24 @@ def decompress_stream(
     if isinstance(frame, bytes):
         yield from _decompress_streaming(_Prefixed(frame, src), key)
         return
-
-    def unpack(block: bytes, compressed: bool) -> bytes:
-        if not compressed:
-            return block
-        try:
-            return lz4.block.decompress(block, uncompressed_size=frame.block_max)
-        except lz4.block.LZ4BlockError as exc:
-            raise CorruptObject(key, f"lz4: {exc}") from None
-
     content = core.XXH32()
-    pending: deque[Future[bytes] | bytes] = deque()
-
-    def emit(item: Future[bytes] | bytes) -> Iterator[memoryview]:
-        out = item.result() if isinstance(item, Future) else item
+    while (blk := _read_block_size(src, key, frame)) is not None:
+        n, compressed = blk
+        block = _read_exact(src, n)
+        if len(block) < n:
+            raise CorruptObject(key, "truncated lz4 frame")
+        _check_block(src, key, frame, block)
+        out = block
+        if compressed:
+            try:
+                out = lz4.block.decompress(block, uncompressed_size=frame.block_max)
+            except lz4.block.LZ4BlockError as exc:
+                raise CorruptObject(key, f"lz4: {exc}") from None
         if frame.content_checksum:
             content.update(out)
         mv = memoryview(out)
         for i in range(0, len(mv), OUT_CHUNK):
             yield mv[i : i + OUT_CHUNK]
-
-    try:
-        while (blk := _read_block_size(src, key, frame)) is not None:
-            n, compressed = blk
-            block = _read_exact(src, n)
-            if len(block) < n:
-                raise CorruptObject(key, "truncated lz4 frame")
-            _check_block(src, key, frame, block)
-            if pool is None:
-                yield from emit(unpack(block, compressed))
-                continue
-            pending.append(pool.submit(unpack, block, compressed))
-            del block
-            while len(pending) > window:
-                yield from emit(pending.popleft())
-        while pending:
-            yield from emit(pending.popleft())
-    finally:
-        for f in pending:
-            if isinstance(f, Future):
-                f.cancel()
     _finish_frame(src, key, frame, content.intdigest())
 
 
