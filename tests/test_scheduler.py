@@ -63,6 +63,41 @@ def test_many_dbs_and_a_failing_replica(tmp_path):
         app.close()
 
 
+def test_a_fast_writer_gets_busy_ticks_and_checkpoints_within_the_interval(tmp_path):
+    """With a 30 s monitor interval, a writer that fills a checkpoint's worth of WAL per
+    tick must not wait 30 s for the next sync: the monitor comes back after BUSY_TICK, so
+    the WAL is checkpointed (a new index) long before the interval is over."""
+    from litestream_fast.scheduler import BUSY_TICK
+
+    path = str(tmp_path / "db")
+    app = connect(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    cfg = DBConfig(path=path, monitor_interval=30.0, min_checkpoint_page_count=50,
+                   replicas=[ReplicaConfig(type="file", name="r", path=str(tmp_path / "r"),
+                                           sync_interval=0.1)])  # fmt: skip
+    rep = Replicator.from_config([cfg])
+    m = rep.dbs[0]
+    quiet = m.next_wait(0)
+    assert quiet == 30.0
+    assert m.next_wait(10 << 20) == BUSY_TICK
+    rep.start()
+    try:
+        deadline = time.monotonic() + 8
+        while m.db.index < 2 and time.monotonic() < deadline:
+            with app:
+                for _ in range(100):  # ~100 pages a round: two checkpoints' worth
+                    app.execute("INSERT INTO t (x) VALUES (randomblob(3000))")
+            time.sleep(0.05)
+        assert m.db.index >= 2, "no checkpoint before the 30 s monitor interval"
+        assert m.db.sync_count >= 3
+    finally:
+        rep.stop(timeout=10)
+    out = str(tmp_path / "out.db")
+    ls_restore(str(tmp_path / "r"), out)
+    assert integrity_ok(out) and content_hash(out) == content_hash(path)
+    app.close()
+
+
 @pytest.mark.slow
 def test_database_past_one_gib_lock_byte_page(tmp_path):
     """A 1.1 GiB database: pages around the lock-byte page (byte 0x40000000) change under

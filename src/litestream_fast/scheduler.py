@@ -13,13 +13,19 @@ import logging
 import threading
 import time
 
-from litestream_fast import status
+from litestream_fast import status, wal
 from litestream_fast.config import DBConfig, build_client
 from litestream_fast.db import DB
 from litestream_fast.logs import RateLimitedLogger
 from litestream_fast.replica import Replica
 
 log = logging.getLogger("litestream_fast.scheduler")
+
+#: Seconds to the next monitor tick after one that copied at least a checkpoint's worth
+#: of WAL (``min-checkpoint-page-count`` pages). A fast writer fills that many pages in
+#: milliseconds; waiting the whole monitor interval would let the WAL grow by a second of
+#: writes and make each checkpoint (and its write barrier) as long.
+BUSY_TICK = 0.1
 
 
 class ManagedDB:
@@ -84,14 +90,23 @@ class ManagedDB:
         except OSError as exc:
             self._errors.error("publish status failed: db=%s error=%s", self.db.path, exc)
 
+    def next_wait(self, copied: int) -> float:
+        """next_wait is the pause before the next tick, given the WAL bytes the last tick
+        copied: the monitor interval, or ``BUSY_TICK`` while the writer outpaces it."""
+        busy = wal.calc_wal_size(self.db.page_size or 4096, self.db.min_checkpoint_page_count)
+        if copied >= busy:
+            return min(self.db.monitor_interval, BUSY_TICK)
+        return self.db.monitor_interval
+
     def _run(self) -> None:
         while not self._stop.is_set():
+            before = self.db.total_wal_bytes
             try:
                 self.monitor_once()
             except Exception as exc:  # noqa: BLE001 - logged, retried next tick
                 self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
             self.publish_status()
-            self._stop.wait(self.db.monitor_interval)
+            self._stop.wait(self.next_wait(self.db.total_wal_bytes - before))
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
         """stop halts the monitor, then each replica (with a final upload), then the DB."""
