@@ -595,3 +595,48 @@ def test_output_disk_failure_is_one_clean_error(three_index_replica, tmp_path, m
     restore(plan, out)
     assert integrity_ok(out)
     assert content_hash(out) == w.hash()
+
+
+@pytest.mark.parametrize("limited", [True, False])
+def test_big_segments_decode_one_at_a_time(tmp_path, monkeypatch, limited):
+    """Segments over BIG_SEGMENT_BYTES hold up to two 4 MiB blocks each while they
+    decode; however high -parallelism is, only one decodes at a time (memory), while
+    small ones go on in parallel. The unlimited run shows the check can see overlap."""
+    import threading
+    import time
+
+    from litestream_fast import restore as restore_mod
+
+    w = _writer(tmp_path)
+    w.snapshot()
+    for _ in range(8):
+        w.insert_rows(20, size=400)
+        w.sync()
+    monkeypatch.setattr(restore_mod, "BIG_SEGMENT_BYTES", 100 if limited else 1 << 40)
+    lock, open_now, peak = threading.Lock(), [0], [0]
+    real = w.client.wal_segment_reader
+
+    class Slow:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            with lock:
+                open_now[0] += 1
+                peak[0] = max(peak[0], open_now[0])
+            time.sleep(0.05)  # hold the "slot" long enough for other workers to try
+            return self.f
+
+        def __exit__(self, *exc):
+            with lock:
+                open_now[0] -= 1
+            self.f.close()
+
+    monkeypatch.setattr(w.client, "wal_segment_reader", lambda pos: Slow(real(pos)))
+    out = str(_out_dir(tmp_path) / "out.db")
+    plan = plan_restore({"file": w.client})
+    assert len(plan.segments) >= 8 and all(s.size > 100 for s in plan.segments)
+    restore(plan, out, parallelism=8)
+    assert content_hash(out) == w.hash() and integrity_ok(out)
+    assert (peak[0] == 1) if limited else (peak[0] > 1)
+    w.close()

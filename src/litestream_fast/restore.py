@@ -104,6 +104,12 @@ log = logging.getLogger("litestream_fast.restore")
 
 DEFAULT_PARALLELISM = 8
 WINDOW_FACTOR = 4
+#: Segments stored in more than this many bytes decode one at a time (``BIG_SEGMENT_SLOTS``),
+#: whatever the parallelism: each holds a compressed and a decoded LZ4 block (up to 4 MiB
+#: each) while it decodes, and eight at once would double the restore's memory. Small
+#: segments (the usual case: one sync interval of commits) are not limited.
+BIG_SEGMENT_BYTES = 1 << 20
+BIG_SEGMENT_SLOTS = 1
 INTEGRITY_CHECKS = ("none", "quick", "full")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -572,6 +578,7 @@ class _Restorer:
         os.close(fd)
         self.page_size = 0
         self.wal_bytes = 0
+        self._big_slots = threading.Semaphore(BIG_SEGMENT_SLOTS)
 
     # -- temp files
 
@@ -628,6 +635,12 @@ class _Restorer:
 
     def fetch_segment(self, seg: WALSegmentInfo) -> int:
         """Decompress one segment into its place in the index file; return its length."""
+        if seg.size > BIG_SEGMENT_BYTES:
+            with self._big_slots:
+                return self._fetch_segment(seg)
+        return self._fetch_segment(seg)
+
+    def _fetch_segment(self, seg: WALSegmentInfo) -> int:
         key = self.client.object_key(seg.generation, seg.index, seg.offset)
         fd = os.open(self.index_path(seg.index), os.O_WRONLY | os.O_CREAT, 0o600)
         pos = seg.offset
