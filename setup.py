@@ -34,10 +34,11 @@ else:
 VENDOR = "src/vendor/lz4"
 ext = Extension(
     "litestream_fast._walcore",
-    ["src/_walcore.pyx", f"{VENDOR}/lz4.c", f"{VENDOR}/xxhash.c"],
+    ["src/_walcore.pyx", f"{VENDOR}/lz4.c", "src/xxhash_build.c"],
     include_dirs=[VENDOR],
     extra_compile_args=[*cflags, "-fvisibility=hidden"],
-    define_macros=[*macros, ("XXH_NAMESPACE", "lsf_"), ("LZ4LIB_VISIBILITY", "")],
+    define_macros=[*macros, ("XXH_NAMESPACE", "lsf_"), ("LZ4LIB_VISIBILITY", ""),
+                   ("LZ4_MEMORY_USAGE", "18")],
 )
 
 setup(ext_modules=cythonize([ext], compiler_directives=directives))

@@ -279,3 +279,33 @@ def test_decompress_to_corruption_after_output_is_raised():
     with pytest.raises(CorruptObject, match="content checksum"):
         compression.decompress_to(io.BytesIO(bytes(blob)), "k", lambda mv: got.append(len(mv)))
     assert sum(got) == len(data)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "random", "mixed", "empty"])
+def test_our_frames_are_standard_lz4_and_read_back(kind):
+    """compress_chunks (compiled block compressor) writes the frame pierrec/lz4 writes:
+    FLG 0x64 / BD 0x70, 4 MiB independent blocks, raw blocks where data does not shrink,
+    a content checksum; python-lz4 and both our decoders read it back."""
+    rnd = os.urandom(5 << 20)
+    data = {"sqlite": sqlite_like(9 << 20), "random": rnd, "empty": b"",
+            "mixed": sqlite_like(3 << 20) + rnd[: 3 << 20]}[kind]  # fmt: skip
+    chunks = [data[i : i + (3 << 20)] for i in range(0, len(data), 3 << 20)] or [b""]
+    blob = b"".join(compression.compress_chunks(chunks))
+    assert blob[:7] == b"\x04\x22\x4d\x18\x64\x70" + blob[6:7]
+    assert lz4.frame.decompress(blob) == data
+    for via in VIA:
+        assert decode(blob, via=via) == data
+    raw = [w & 0x80000000 for w in _block_words(blob)]
+    if kind == "random":
+        assert raw and all(raw)
+    if kind == "sqlite":
+        assert raw and not any(raw) and len(blob) < len(data) * 3 // 4  # half is random
+    assert compression.compress(data) == b"".join(compression.compress_chunks([data]))
+
+
+def _block_words(blob: bytes) -> list[int]:
+    words, pos = [], 7
+    while (word := int.from_bytes(blob[pos : pos + 4], "little")) != 0:
+        words.append(word)
+        pos += 4 + (word & 0x7FFFFFFF)
+    return words

@@ -325,3 +325,26 @@ def test_lz4_block_kernel_backends_agree_with_python_lz4(data, cut, flip, room):
             assert n == len(data) and dst[:n] == data
             assert h.intdigest() == xxhash.xxh32_intdigest(data) == m.xxh32(data)
     assert len(set(results.values())) == 1, results
+
+
+@given(
+    data=st.binary(max_size=20_000) | st.integers(0, 300).map(lambda n: b"page%05d" % n * 500),
+    room=st.integers(-2000, 64),
+)
+def test_lz4_compress_kernel_backends_round_trip_through_python_lz4(data, room):
+    """lz4_compress_block in both backends: a non-zero result is a valid LZ4 block that
+    python-lz4 decodes back to the input and is smaller than it; 0 means "store raw"
+    (incompressible, or no room in ``dst``); the content hash always covers the input."""
+    import lz4.block
+    import xxhash
+
+    for name, m in BACKENDS.items():
+        dst = bytearray(max(0, m.lz4_compress_bound(len(data)) + room))
+        h = m.XXH32()
+        n = m.lz4_compress_block(data, dst, h)
+        assert h.intdigest() == xxhash.xxh32_intdigest(data), name
+        assert 0 <= n < max(len(data), 1), name
+        if n:
+            assert lz4.block.decompress(bytes(dst[:n]), uncompressed_size=len(data)) == data
+        if len(data) > 1000 and len(set(data)) < 40 and room >= 0:
+            assert n, f"{name}: repetitive data did not compress"

@@ -194,3 +194,26 @@ def lz4_decompress_into(src, dst, content: XXH32 | None = None) -> int:
     if content is not None:
         content.update(out)
     return n
+
+
+def lz4_compress_bound(n: int) -> int:
+    """lz4_compress_bound is the largest compressed size of ``n`` input bytes (LZ4's)."""
+    return n + n // 255 + 16
+
+
+def lz4_compress_block(src, dst, content: XXH32 | None = None) -> int:
+    """lz4_compress_block compresses ``src`` into ``dst`` as one LZ4 block (python-lz4) and
+    adds ``src`` to ``content``; 0 when the block would not shrink (stored raw)."""
+    import lz4.block
+
+    n = len(src)
+    if content is not None:
+        content.update(src)
+    if n == 0:
+        return 0
+    out = lz4.block.compress(src, store_size=False)
+    m = len(out)
+    if m >= n or m > len(dst):
+        return 0
+    memoryview(dst)[:m] = out
+    return m
