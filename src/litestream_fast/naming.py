@@ -8,8 +8,8 @@ the same).
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 
 GENERATION_RE = re.compile(r"^[0-9a-f]{16}$")
 SNAPSHOT_RE = re.compile(r"^([0-9a-f]{8,16})\.snapshot\.lz4$")
@@ -20,8 +20,9 @@ MAX_INDEX = 0x7FFFFFFF
 
 
 def new_generation() -> str:
-    """new_generation returns a random 16-hex-digit generation name."""
-    return secrets.token_hex(8)
+    """new_generation returns a random 16-hex-digit generation name (``os.urandom``, which
+    is what ``secrets.token_hex`` uses; importing ``secrets`` costs ~9 ms at start-up)."""
+    return os.urandom(8).hex()
 
 
 def is_generation(name: str) -> bool:
