@@ -90,14 +90,7 @@ def test_same_bytes_as_python_lz4(
 def test_incompressible_blocks_are_stored_raw_and_read_back(via):
     data = os.urandom(300_000)  # LZ4 stores such blocks uncompressed (high bit of the size)
     blob = frame(data)
-    sizes = []
-    pos = 7
-    while True:
-        word = int.from_bytes(blob[pos : pos + 4], "little")
-        if word == 0:
-            break
-        sizes.append(word)
-        pos += 4 + (word & 0x7FFFFFFF)
+    sizes = block_words(blob)
     assert any(w & 0x80000000 for w in sizes), "expected at least one stored (raw) block"
     assert decode(blob, via=via) == data
 
@@ -145,6 +138,11 @@ def block_starts(blob: bytes) -> list[int]:
         if word == 0:
             return out
         pos += 4 + (word & 0x7FFFFFFF)
+
+
+def block_words(blob: bytes) -> list[int]:
+    """Each block's size word (high bit: stored raw), end mark excluded."""
+    return [int.from_bytes(blob[p : p + 4], "little") for p in block_starts(blob)[:-1]]
 
 
 def test_flipped_bytes_are_caught():
@@ -295,17 +293,9 @@ def test_our_frames_are_standard_lz4_and_read_back(kind):
     assert lz4.frame.decompress(blob) == data
     for via in VIA:
         assert decode(blob, via=via) == data
-    raw = [w & 0x80000000 for w in _block_words(blob)]
+    raw = [w & 0x80000000 for w in block_words(blob)]
     if kind == "random":
         assert raw and all(raw)
     if kind == "sqlite":
         assert raw and not any(raw) and len(blob) < len(data) * 3 // 4  # half is random
     assert compression.compress(data) == b"".join(compression.compress_chunks([data]))
-
-
-def _block_words(blob: bytes) -> list[int]:
-    words, pos = [], 7
-    while (word := int.from_bytes(blob[pos : pos + 4], "little")) != 0:
-        words.append(word)
-        pos += 4 + (word & 0x7FFFFFFF)
-    return words

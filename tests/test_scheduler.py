@@ -77,8 +77,7 @@ def test_a_fast_writer_gets_busy_ticks_and_checkpoints_within_the_interval(tmp_p
                                            sync_interval=0.1)])  # fmt: skip
     rep = Replicator.from_config([cfg])
     m = rep.dbs[0]
-    quiet = m.next_wait(0)
-    assert quiet == 30.0
+    assert m.next_wait(0) == 30.0
     assert m.next_wait(10 << 20) == BUSY_TICK
     rep.start()
     try:
