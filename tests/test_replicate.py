@@ -16,7 +16,7 @@ from support import connect, content_hash, integrity_ok, ls_restore, row_count
 
 from litestream_fast import wal
 from litestream_fast.clients.file import FileReplicaClient
-from litestream_fast.db import DB, check_sqlite_version
+from litestream_fast.db import DB, FIRST_COPY_READ, check_sqlite_version
 from litestream_fast.errors import SQLiteTooOld
 from litestream_fast.replica import Replica
 
@@ -99,6 +99,33 @@ def test_passive_checkpoint_restarts_wal_in_same_generation(env, tmp_path):
     segs = r.client.wal_segments(gen)
     assert {s.index for s in segs} == {0, 1}
     assert [s.offset for s in segs if s.index == 1][0] == 0
+
+
+def test_sync_reads_little_of_a_stale_wal_tail(env, tmp_path, monkeypatch):
+    """After a restart the WAL file keeps its old size: the frames past the new WAL are
+    stale, and an idle sync must not read them all again every tick."""
+    app, db, r, replica_dir, path = env
+    insert(app, 600, 3000)  # a WAL of several MB
+    r.sync_once()
+    assert db.checkpoint("PASSIVE")
+    insert(app, 1)  # the WAL restarts; the rest of the file is the old WAL's frames
+    r.sync_once()
+    stale = os.path.getsize(path + "-wal") - db.pos().offset
+    assert stale > 4 * FIRST_COPY_READ
+    read: list[int] = []
+    real_preadv = os.preadv
+
+    def counting_preadv(fd, buffers, offset):
+        read.append(real_preadv(fd, buffers, offset))
+        return read[-1]
+
+    monkeypatch.setattr(os, "preadv", counting_preadv)
+    for _ in range(3):
+        assert not db.sync().changed
+    assert 0 < sum(read) <= 3 * FIRST_COPY_READ
+    insert(app, 300, 3000)  # new frames past the first read are still all copied
+    r.sync_once()
+    assert_restores_to(replica_dir, path, tmp_path)
 
 
 def test_repeated_checkpoints_continue_generation(env, tmp_path):
