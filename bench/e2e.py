@@ -103,6 +103,20 @@ def lf_command() -> list[str]:
     return [sys.executable, "-m", "litestream_fast"]
 
 
+def compile_bytecode() -> None:
+    """Byte-compile the package as ``pip install`` does for a wheel. An editable install
+    run with PYTHONDONTWRITEBYTECODE (set on some machines, this one included) would
+    otherwise compile every module again in each process: about 60 ms of CPU in every
+    replicate and restore measured, which no installed user pays."""
+    import compileall  # noqa: PLC0415
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.find_spec("litestream_fast")
+    if spec is not None and spec.submodule_search_locations:
+        for d in spec.submodule_search_locations:
+            compileall.compile_dir(d, quiet=1)
+
+
 @dataclass
 class Tool:
     key: str
@@ -129,6 +143,7 @@ def make_tools(keys: list[str]) -> tuple[list[Tool], dict[str, str]]:
     for key in keys:
         try:
             if key == "lf":
+                compile_bytecode()
                 cmd = lf_command()
                 out = subprocess.run([*cmd, "version"], capture_output=True, text=True, timeout=60)
                 tools.append(Tool("lf", "litestream-fast", cmd, "v3", out.stdout.strip()))

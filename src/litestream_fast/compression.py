@@ -53,12 +53,17 @@ def compress_chunks(chunks: Iterable) -> Iterator[bytes]:
     (random data) is stored raw, as LZ4 frames allow. Memory is about two blocks.
     """
     content = core.XXH32()
-    out = memoryview(bytearray(core.lz4_compress_bound(BLOCK_SIZE)))
+    # Sized for the largest block seen, not for BLOCK_SIZE up front: a WAL segment is
+    # usually a few hundred KB, and zeroing a 4 MiB buffer per segment cost more CPU than
+    # compressing it.
+    out = memoryview(b"")
     yield _frame_header()
     for chunk in chunks:
         mv = memoryview(chunk).cast("B")
         for i in range(0, len(mv), BLOCK_SIZE):
             block = mv[i : i + BLOCK_SIZE]
+            if len(out) < len(block):
+                out = memoryview(bytearray(core.lz4_compress_bound(len(block))))
             m = core.lz4_compress_block(block, out, content)
             if m:
                 yield struct.pack("<I", m) + out[:m]  # one copy: bytes + view
