@@ -73,7 +73,8 @@ def pages(request):
 def test_lz4_compress(benchmark, pages):
     out = benchmark(
         lambda: b"".join(
-            compression.compress_chunks(
+            bytes(c)
+            for c in compression.compress_chunks(
                 memoryview(pages)[i : i + 4 * MiB] for i in range(0, len(pages), 4 * MiB)
             )
         )

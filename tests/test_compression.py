@@ -288,7 +288,7 @@ def test_our_frames_are_standard_lz4_and_read_back(kind):
     data = {"sqlite": sqlite_like(9 << 20), "random": rnd, "empty": b"",
             "mixed": sqlite_like(3 << 20) + rnd[: 3 << 20]}[kind]  # fmt: skip
     chunks = [data[i : i + (3 << 20)] for i in range(0, len(data), 3 << 20)] or [b""]
-    blob = b"".join(compression.compress_chunks(chunks))
+    blob = b"".join(bytes(c) for c in compression.compress_chunks(chunks))  # views: copy
     assert blob[:7] == b"\x04\x22\x4d\x18\x64\x70" + blob[6:7]
     assert lz4.frame.decompress(blob) == data
     for via in VIA:
@@ -298,4 +298,36 @@ def test_our_frames_are_standard_lz4_and_read_back(kind):
         assert raw and all(raw)
     if kind == "sqlite":
         assert raw and not any(raw) and len(blob) < len(data) * 3 // 4  # half is random
-    assert compression.compress(data) == b"".join(compression.compress_chunks([data]))
+    assert compression.compress(data) == b"".join(
+        bytes(c) for c in compression.compress_chunks([data])
+    )
+
+
+def test_reused_scratch_gives_the_same_frames_and_keeps_only_small_buffers():
+    """compress_chunks with a ScratchBuffer reused across frames (as a replica does for
+    every segment) writes the frames a fresh buffer writes, when each chunk is consumed as
+    it comes; a block over the keep limit gets a buffer of its own that is not kept."""
+    scratch = compression.ScratchBuffer(keep=1 << 20)
+    small = [sqlite_like(300 << 10), sqlite_like(200 << 10), os.urandom(100 << 10)]
+    big = sqlite_like(3 << 20)
+    for data in [*small, big, *small]:
+        out = bytearray()
+        for chunk in compression.compress_chunks([data], scratch):
+            out += chunk  # consumed before the next is produced, as clients do
+        assert bytes(out) == compression.compress(data)
+        assert lz4.frame.decompress(bytes(out)) == data
+        assert len(scratch.get(0)) <= 1 << 20  # the 3 MiB block's buffer was not kept
+    held = scratch.get(0)
+    assert len(held) >= 300 << 10  # the largest small frame's buffer is reused
+
+
+def test_blocks_compressed_in_many_threads_at_once_are_each_correct():
+    """Each thread has its own compression state (compiled core): frames compressed at
+    the same time in several threads all decode to their own input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = [sqlite_like((1 << 20) + k * 4096) + os.urandom(k * 1000) for k in range(16)]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        frames = list(pool.map(compression.compress, inputs))
+    for data, frame in zip(inputs, frames, strict=True):
+        assert lz4.frame.decompress(frame) == data

@@ -79,6 +79,11 @@ class Replica:
         self._thread: threading.Thread | None = None
         self._remote_checked_at = time.monotonic()
         self._snapshot_uploaded_at = 0.0
+        # Reused by every segment upload (see compression.ScratchBuffer); the lock covers
+        # a final sync racing an upload thread that did not stop in time.
+        self._read_scratch = compression.ScratchBuffer()
+        self._compress_scratch = compression.ScratchBuffer()
+        self._scratch_lock = threading.Lock()
 
     # ------------------------------------------------------------------- sync
 
@@ -151,9 +156,10 @@ class Replica:
         if path is None:
             raise ReplicaError(f"generation {pos.generation} is no longer current")
         n = end - pos.offset
-        with open(path, "rb") as f:
+        with self._scratch_lock, open(path, "rb") as f:
+            chunks = _read_range(f, pos.offset, end, self._read_scratch)
             self.client.write_wal_segment(
-                pos, compression.compress_chunks(_read_range(f, pos.offset, end))
+                pos, compression.compress_chunks(chunks, self._compress_scratch)
             )
         self.wal_bytes += n
         self.segments_uploaded += 1
@@ -395,12 +401,19 @@ def _with_progress(chunks: Iterator[bytes], db_path: str) -> Iterator[bytes]:
             yield chunk
 
 
-def _read_range(f, start: int, end: int) -> Iterator[bytes]:
+def _read_range(
+    f, start: int, end: int, scratch: compression.ScratchBuffer | None = None
+) -> Iterator[memoryview]:
+    """_read_range yields ``f``'s bytes from ``start`` to ``end`` in chunks of at most
+    ``READ_CHUNK``, read into ``scratch`` (each valid until the next is asked for)."""
+    scratch = scratch or compression.ScratchBuffer(keep=READ_CHUNK)
     off = start
     fd = f.fileno()
     while off < end:
-        data = os.pread(fd, min(READ_CHUNK, end - off), off)
-        if not data:
+        want = min(READ_CHUNK, end - off)
+        buf = scratch.get(want)[:want]
+        n = os.preadv(fd, [buf], off)
+        if not n:
             raise ReplicaError(f"shadow wal {f.name} shorter than expected ({off} < {end})")
-        off += len(data)
-        yield data
+        off += n
+        yield buf[:n]

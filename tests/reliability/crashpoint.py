@@ -115,8 +115,8 @@ def install() -> None:
 
     orig_read_range = repmod._read_range
 
-    def read_range(f, start, end):
-        yield from orig_read_range(f, start, end)
+    def read_range(*args):
+        yield from orig_read_range(*args)
         hit("segment-mid")  # header and data written, frame end not yet
 
     repmod._read_range = read_range
