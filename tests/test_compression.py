@@ -51,7 +51,7 @@ def frame(data: bytes, block_size: int = 64 << 10, **kw) -> bytes:
 
 #: The decoders under test: decompress_stream (WAL segments) and decompress_to (the
 #: restore's snapshots: a decoding thread, reused buffers, the compiled block kernel).
-VIA = ["stream", "to"]
+VIA = ["stream", "to", "blocks"]
 
 
 def decode(blob: bytes, src=None, via: str = "stream") -> bytes:
@@ -62,6 +62,9 @@ def decode(blob: bytes, src=None, via: str = "stream") -> bytes:
         out = b"".join(parts)
         assert n == len(out)
         return out
+    if via == "blocks":  # reused buffers, as a restore's segment workers decode
+        bufs = (compression.ScratchBuffer(), compression.ScratchBuffer(keep=8 << 20))
+        return b"".join(bytes(c) for c in compression.decompress_blocks(src, "obj/key", *bufs))
     return b"".join(compression.decompress_stream(src, "obj/key"))
 
 
@@ -159,7 +162,7 @@ def test_flipped_bytes_are_caught():
         damaged = bytearray(blob)
         damaged[pos] ^= 0x10
         with pytest.raises(CorruptObject) as ei:
-            decode(bytes(damaged), via=VIA[pos % 2])
+            decode(bytes(damaged), via=VIA[pos % len(VIA)])
         assert ei.value.key == "obj/key", pos
 
 
@@ -171,7 +174,7 @@ def test_every_cut_is_caught():
     cuts |= set(random.Random(2).sample(range(len(blob)), 500))
     for n in sorted(c for c in cuts if 0 <= c < len(blob)):
         with pytest.raises(CorruptObject) as ei:
-            decode(blob[:n], via=VIA[n % 2])
+            decode(blob[:n], via=VIA[n % len(VIA)])
         assert ei.value.key == "obj/key"
         if n == 0:
             assert "empty" in str(ei.value)

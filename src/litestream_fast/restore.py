@@ -47,8 +47,10 @@ Applying
 The snapshot streams into a unique temp file beside the output while the WAL segments
 download in parallel (``parallelism`` worker threads and a bounded window of
 ``4 * parallelism`` segments submitted ahead, in order; each is decompressed
-straight into its place in a per-index ``<tmp>-<index>-wal`` file with ``pwrite``, so
-memory stays at a few MiB per worker whatever the object sizes). The snapshot's path is a
+straight into its place in a per-index ``<tmp>-<index>-wal`` file with ``pwrite``, through
+reused buffers (``compression.decompress_blocks``): one pair per worker for small
+segments, one shared pair for big ones, which decode one at a time; memory stays at a few
+MiB per worker whatever the object sizes). The snapshot's path is a
 pipeline (``compression.decompress_to``): one thread reads each LZ4 block and decodes it
 into one of a few reused buffers with the compiled core (GIL released, content checksum
 updated in the same call), the fetching thread writes them in order, and every
@@ -71,6 +73,7 @@ import glob
 import logging
 import mmap
 import os
+import queue
 import re
 import struct
 import tempfile
@@ -86,7 +89,12 @@ from typing import Any, BinaryIO
 import apsw
 
 from litestream_fast import wal
-from litestream_fast.compression import decompress_stream, decompress_to, read_into
+from litestream_fast.compression import (
+    ScratchBuffer,
+    decompress_blocks,
+    decompress_to,
+    read_into,
+)
 from litestream_fast.errors import (
     CorruptObject,
     IntegrityCheckFailed,
@@ -110,6 +118,8 @@ WINDOW_FACTOR = 4
 #: segments (the usual case: one sync interval of commits) are not limited.
 BIG_SEGMENT_BYTES = 1 << 20
 BIG_SEGMENT_SLOTS = 1
+#: The compressed-block buffer a worker thread keeps between small segments.
+SMALL_SEGMENT_KEEP = BIG_SEGMENT_BYTES + (64 << 10)
 INTEGRITY_CHECKS = ("none", "quick", "full")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -578,7 +588,15 @@ class _Restorer:
         os.close(fd)
         self.page_size = 0
         self.wal_bytes = 0
+        # Decode buffers, reused (compression.decompress_blocks): one pair per big-segment
+        # slot, taken with the slot, and one pair per worker thread for small segments.
+        self._big_buffers: queue.SimpleQueue[tuple[ScratchBuffer, ScratchBuffer]] = (
+            queue.SimpleQueue()
+        )
+        for _ in range(BIG_SEGMENT_SLOTS):
+            self._big_buffers.put(_decode_buffers())
         self._big_slots = threading.Semaphore(BIG_SEGMENT_SLOTS)
+        self._local = threading.local()
 
     # -- temp files
 
@@ -637,16 +655,26 @@ class _Restorer:
         """Decompress one segment into its place in the index file; return its length."""
         if seg.size > BIG_SEGMENT_BYTES:
             with self._big_slots:
-                return self._fetch_segment(seg)
-        return self._fetch_segment(seg)
+                bufs = self._big_buffers.get()
+                try:
+                    return self._fetch_segment(seg, bufs)
+                finally:
+                    self._big_buffers.put(bufs)
+        bufs = getattr(self._local, "buffers", None)
+        if bufs is None:
+            # The output buffer is a whole block (4 MiB) but only the pages a decode
+            # touches are resident; the input (compressed) side is small for these.
+            bufs = ScratchBuffer(keep=SMALL_SEGMENT_KEEP), ScratchBuffer(keep=2 * (4 << 20))
+            self._local.buffers = bufs
+        return self._fetch_segment(seg, bufs)
 
-    def _fetch_segment(self, seg: WALSegmentInfo) -> int:
+    def _fetch_segment(self, seg: WALSegmentInfo, bufs: tuple[ScratchBuffer, ScratchBuffer]) -> int:
         key = self.client.object_key(seg.generation, seg.index, seg.offset)
         fd = os.open(self.index_path(seg.index), os.O_WRONLY | os.O_CREAT, 0o600)
         pos = seg.offset
         try:
             with self.client.wal_segment_reader(seg.pos) as src:
-                for chunk in decompress_stream(_CountingReader(src, self.progress), key):
+                for chunk in decompress_blocks(_CountingReader(src, self.progress), key, *bufs):
                     try:
                         _pwrite_all(fd, chunk, pos)
                     except OSError as exc:
@@ -844,6 +872,11 @@ class _Restorer:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
         return self.finish(), pos
+
+
+def _decode_buffers(keep: int = 2 * (4 << 20)) -> tuple[ScratchBuffer, ScratchBuffer]:
+    """An input and an output buffer for ``decompress_blocks``."""
+    return ScratchBuffer(keep=keep), ScratchBuffer(keep=keep)
 
 
 def _ordered_window(

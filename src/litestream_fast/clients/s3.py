@@ -55,6 +55,10 @@ DEFAULT_REGION = "us-east-1"
 MAX_KEYS = 1000  # S3's limit per ListObjects page and per DeleteObjects batch
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 DEFAULT_PART_SIZE = 8 * 1024 * 1024
+#: The most one GET body read asks urllib3 for. urllib3 and http.client allocate (and
+#: copy) what they are asked for, so a 4 MiB read (one snapshot block) made transient
+#: 4 MiB objects in the reading thread's malloc arena; small steps reuse small chunks.
+READ_STEP = 256 * 1024
 
 # Operation name -> Litestream's operation class (metrics label).
 _OP_CLASS = {
@@ -752,7 +756,7 @@ class _ResumableReader(io.RawIOBase):
             try:
                 if self._body is None:
                     self._get()
-                data = self._body.read(want)
+                data = self._body.read(min(want, READ_STEP))
             except ReplicaError:
                 raise
             except Exception as exc:
