@@ -503,6 +503,7 @@ class Watcher:
         self.objects: dict[str, tuple] = {}
         self.scanned_bytes = 0
         self.decode_errors: list[str] = []
+        self.deferred: dict[str, tuple[tuple, float]] = {}  # name -> (version, first listed)
 
     def watch(self, seed: str) -> None:
         self.seed, self.magic, self.found = seed, magic(seed), {}
@@ -512,28 +513,47 @@ class Watcher:
         self.objects = self.store.list(self.prefix)
         self.seen = dict(self.objects)
 
-    def poll(self) -> None:
+    def poll(self, defer: bool = False) -> None:
+        """Look for new objects. With ``defer`` only note when each was first listed and
+        decode it at the next poll without: under an unthrottled writer, decoding every
+        segment as it arrives took most of a core from the writer on this 2-core machine,
+        and only from tools that keep up (a tool that lags wrote its objects after the
+        writer had finished, so its writer ran undisturbed)."""
         now = time.time()
         self.objects = self.store.list(self.prefix)
+        if not defer and self.deferred:
+            deferred, self.deferred = self.deferred, {}
+            for name, (ver, seen_at) in deferred.items():
+                if self.objects.get(name) == ver:
+                    self._decode(name, seen_at)
+                else:
+                    self.seen.pop(name, None)  # changed or gone: handled below
         for name, ver in self.objects.items():
             if self.seen.get(name) == ver:
                 continue
             self.seen[name] = ver
             if self.seed is None:
                 continue
-            try:
-                data = self.store.read(self.prefix, name)
-            except Exception:  # noqa: BLE001 - deleted meanwhile (file or S3 object)
-                self.seen.pop(name, None)
+            if defer:
+                self.deferred[name] = (ver, now)
                 continue
-            try:
-                content = decode_object(name, data)
-            except Exception as exc:  # noqa: BLE001 - e.g. caught mid-write: read again
-                self.seen.pop(name, None)
-                self.decode_errors.append(f"{name}: {exc}")
-                continue
-            self.scanned_bytes += len(content)
-            self._scan(content, now)
+            self._decode(name, now)
+
+    def _decode(self, name: str, now: float) -> None:
+        """Read and decode one object; its markers count as seen at ``now``."""
+        try:
+            data = self.store.read(self.prefix, name)
+        except Exception:  # noqa: BLE001 - deleted meanwhile (file or S3 object)
+            self.seen.pop(name, None)
+            return
+        try:
+            content = decode_object(name, data)
+        except Exception as exc:  # noqa: BLE001 - e.g. caught mid-write: read again
+            self.seen.pop(name, None)
+            self.decode_errors.append(f"{name}: {exc}")
+            return
+        self.scanned_bytes += len(content)
+        self._scan(content, now)
 
     def _scan(self, content: bytes, now: float) -> None:
         m = self.magic
@@ -725,6 +745,11 @@ def run_write_case(ctx: Ctx, scenario: str, tool: Tool | None, interval: str, mo
     name = f"{scenario}-{tool.key if tool else 'baseline'}-{interval}"
     d = ctx.case_dir(name)
     db = os.path.join(d, "app.db")
+    # Each case starts with no writeback pending: the gigabytes the previous case left
+    # dirty in the page cache were flushed during the next one, and whichever tool ran
+    # right after the baseline lost 40-50% of its writer's throughput to them (swapping
+    # the tool order swapped the result).
+    os.sync()
     ctx.writer_run("schema", db, os.path.join(d, "schema.json"))
     res: dict[str, Any] = {"scenario": scenario, "tool": tool.key if tool else "baseline",
                            "interval": interval, "ok": False}  # fmt: skip
@@ -745,7 +770,7 @@ def run_write_case(ctx: Ctx, scenario: str, tool: Tool | None, interval: str, mo
         while wp.poll() is None:
             max_wal = max(max_wal, wal_size(db))
             if watcher:
-                watcher.poll()
+                watcher.poll(defer=scenario == "maxrate")
                 rep.check_alive()
             time.sleep(ctx.store.poll_interval if watcher else 0.02)
         err = wp.stderr.read().decode()
