@@ -29,6 +29,11 @@ from litestream_fast.replica_client import ReplicaClient
 log = logging.getLogger("litestream_fast.replica")
 
 READ_CHUNK = 4 << 20
+#: What a replica's segment buffers keep between uploads: a whole read chunk and its
+#: compressed block. They are anonymous mappings (compression.ScratchBuffer), resident
+#: only as far as a segment wrote them; at a 1 s interval a segment is a few MB, and a
+#: buffer given back every tick cost a page fault per 4 KiB the next tick.
+SEGMENT_SCRATCH_KEEP = READ_CHUNK + (64 << 10)
 
 #: An uploading replica checks at most this often (seconds) that its generation still has
 #: a snapshot in storage: if the prefix was wiped or the snapshot deleted, what it uploads
@@ -81,8 +86,8 @@ class Replica:
         self._snapshot_uploaded_at = 0.0
         # Reused by every segment upload (see compression.ScratchBuffer); the lock covers
         # a final sync racing an upload thread that did not stop in time.
-        self._read_scratch = compression.ScratchBuffer()
-        self._compress_scratch = compression.ScratchBuffer()
+        self._read_scratch = compression.ScratchBuffer(keep=SEGMENT_SCRATCH_KEEP)
+        self._compress_scratch = compression.ScratchBuffer(keep=SEGMENT_SCRATCH_KEEP)
         self._scratch_lock = threading.Lock()
 
     # ------------------------------------------------------------------- sync
