@@ -90,6 +90,7 @@ import apsw
 
 from litestream_fast import wal
 from litestream_fast.compression import (
+    BLOCK_SIZE,
     ScratchBuffer,
     decompress_blocks,
     decompress_to,
@@ -120,6 +121,8 @@ BIG_SEGMENT_BYTES = 1 << 20
 BIG_SEGMENT_SLOTS = 1
 #: The compressed-block buffer a worker thread keeps between small segments.
 SMALL_SEGMENT_KEEP = BIG_SEGMENT_BYTES + (64 << 10)
+#: Decode buffers keep up to the largest LZ4 block (v0.3 frames: 4 MiB) and then some.
+DECODE_KEEP = 2 * BLOCK_SIZE
 INTEGRITY_CHECKS = ("none", "quick", "full")
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -588,14 +591,14 @@ class _Restorer:
         os.close(fd)
         self.page_size = 0
         self.wal_bytes = 0
-        # Decode buffers, reused (compression.decompress_blocks): one pair per big-segment
-        # slot, taken with the slot, and one pair per worker thread for small segments.
+        # Decode buffers, reused (compression.decompress_blocks). A big segment takes one
+        # of BIG_SEGMENT_SLOTS pairs from this queue and waits while none is free: the
+        # pairs are the slots. Small segments use a pair of their worker thread's own.
         self._big_buffers: queue.SimpleQueue[tuple[ScratchBuffer, ScratchBuffer]] = (
             queue.SimpleQueue()
         )
         for _ in range(BIG_SEGMENT_SLOTS):
-            self._big_buffers.put(_decode_buffers())
-        self._big_slots = threading.Semaphore(BIG_SEGMENT_SLOTS)
+            self._big_buffers.put(_decode_buffers(DECODE_KEEP))
         self._local = threading.local()
 
     # -- temp files
@@ -654,18 +657,16 @@ class _Restorer:
     def fetch_segment(self, seg: WALSegmentInfo) -> int:
         """Decompress one segment into its place in the index file; return its length."""
         if seg.size > BIG_SEGMENT_BYTES:
-            with self._big_slots:
-                bufs = self._big_buffers.get()
-                try:
-                    return self._fetch_segment(seg, bufs)
-                finally:
-                    self._big_buffers.put(bufs)
+            bufs = self._big_buffers.get()
+            try:
+                return self._fetch_segment(seg, bufs)
+            finally:
+                self._big_buffers.put(bufs)
         bufs = getattr(self._local, "buffers", None)
         if bufs is None:
             # The output buffer is a whole block (4 MiB) but only the pages a decode
             # touches are resident; the input (compressed) side is small for these.
-            bufs = ScratchBuffer(keep=SMALL_SEGMENT_KEEP), ScratchBuffer(keep=2 * (4 << 20))
-            self._local.buffers = bufs
+            bufs = self._local.buffers = _decode_buffers(SMALL_SEGMENT_KEEP)
         return self._fetch_segment(seg, bufs)
 
     def _fetch_segment(self, seg: WALSegmentInfo, bufs: tuple[ScratchBuffer, ScratchBuffer]) -> int:
@@ -874,9 +875,10 @@ class _Restorer:
         return self.finish(), pos
 
 
-def _decode_buffers(keep: int = 2 * (4 << 20)) -> tuple[ScratchBuffer, ScratchBuffer]:
-    """An input and an output buffer for ``decompress_blocks``."""
-    return ScratchBuffer(keep=keep), ScratchBuffer(keep=keep)
+def _decode_buffers(in_keep: int) -> tuple[ScratchBuffer, ScratchBuffer]:
+    """An input buffer (keeping up to ``in_keep``) and a whole-block output buffer for
+    ``decompress_blocks``."""
+    return ScratchBuffer(keep=in_keep), ScratchBuffer(keep=DECODE_KEEP)
 
 
 def _ordered_window(
