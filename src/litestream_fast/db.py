@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 import os
 import shutil
 import threading
@@ -115,7 +116,7 @@ class DB:
         self.generation: str | None = None
         self.index = 0
         self._shadow: shadow.ShadowState | None = None
-        self._buf: bytearray | None = None
+        self._buf: mmap.mmap | None = None
         self._last_checkpoint = time.monotonic()
         self._synced_since_checkpoint = False
         self.last_error: str | None = None
@@ -562,7 +563,10 @@ class DB:
         chunk = max(1, COPY_CHUNK // fs) * fs
         step = min(chunk, max(1, FIRST_COPY_READ // fs) * fs)
         if self._buf is None or len(self._buf) != wal.WAL_HEADER_SIZE + chunk:
-            self._buf = bytearray(wal.WAL_HEADER_SIZE + chunk)
+            # An anonymous mapping, not a bytearray: a bytearray is zero-filled, so all
+            # 8 MiB were resident in every replicator from its first sync; a mapping holds
+            # only what reads wrote (the first read of a sync is 64 KiB).
+            self._buf = mmap.mmap(-1, wal.WAL_HEADER_SIZE + chunk)
         mv = memoryview(self._buf)
         try:
             fd = os.open(self.wal_path, os.O_RDONLY)
