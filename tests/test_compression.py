@@ -49,8 +49,9 @@ def frame(data: bytes, block_size: int = 64 << 10, **kw) -> bytes:
     return lz4.frame.compress(data, block_size=BLOCK_SIZES[block_size], **kw)
 
 
-#: The decoders under test: decompress_stream (WAL segments) and decompress_to (the
-#: restore's snapshots: a decoding thread, reused buffers, the compiled block kernel).
+#: The decoders under test: decompress_stream (WAL segments), decompress_to (the
+#: restore's snapshots: a decoding thread, reused buffers, the compiled block kernel) and
+#: decompress_blocks (the restore's segments: reused buffers, the compiled block kernel).
 VIA = ["stream", "to", "blocks"]
 
 

@@ -46,9 +46,9 @@ def compress(data) -> bytes:
     return b"".join(bytes(c) for c in compress_chunks([data]))
 
 
-#: A ``ScratchBuffer`` keeps buffers up to this size between uses; a bigger request (a
-#: transaction of many MiB) gets a buffer of its own, freed after use, so a long-running
-#: replicator does not hold the largest segment it ever saw.
+#: What a ``ScratchBuffer`` keeps between uses unless told otherwise; a bigger request
+#: gets a buffer of its own, freed after use, so a long-lived owner does not hold the
+#: largest request it ever saw (callers size ``keep`` to their usual request).
 SCRATCH_KEEP = (1 << 20) + (64 << 10)
 #: ScratchBuffers of this size or more are anonymous mappings rather than bytearrays.
 MMAP_BYTES = 256 << 10

@@ -407,11 +407,10 @@ def _with_progress(chunks: Iterator[bytes], db_path: str) -> Iterator[bytes]:
 
 
 def _read_range(
-    f, start: int, end: int, scratch: compression.ScratchBuffer | None = None
+    f, start: int, end: int, scratch: compression.ScratchBuffer
 ) -> Iterator[memoryview]:
     """_read_range yields ``f``'s bytes from ``start`` to ``end`` in chunks of at most
     ``READ_CHUNK``, read into ``scratch`` (each valid until the next is asked for)."""
-    scratch = scratch or compression.ScratchBuffer(keep=READ_CHUNK)
     off = start
     fd = f.fileno()
     while off < end:
