@@ -236,6 +236,31 @@ def test_writes_survive_server_errors(s3_bucket):
     assert s3_bucket.uploads() == []
 
 
+def test_multipart_refills_uploaded_parts(s3_bucket):
+    """A long multipart upload refills parts once uploaded: it holds at most concurrency + 1
+    part buffers, and the object is still exact, with chunks straddling part boundaries
+    and some parts retried through server errors."""
+    with FaultProxy(s3_bucket.server.s3_port, seed=11, error_rate=0.2, retry_after=0.01) as proxy:
+        c = make_client(s3_bucket, proxy.endpoint, part_size=5 * MiB, concurrency=2)
+        bodies: list[bytearray] = []  # kept alive, so ids are unique
+        sizes: list[int] = []
+        upload_part = c._upload_part
+
+        def recording(s3, key, upload_id, number, body, *rest):
+            bodies.append(body)
+            sizes.append(len(body))
+            return upload_part(s3, key, upload_id, number, body, *rest)
+
+        c._upload_part = recording
+        chunks = list(_chunks(45, size=777_777, seed=4))  # 33.4 MiB: 7 parts
+        c.write_snapshot(GEN, 2, iter(chunks))
+    assert proxy.stats["error"] > 0
+    assert len(bodies) == 7
+    assert len({id(b) for b in bodies}) <= 3
+    assert sorted(sizes) == sorted([5 * MiB] * 6 + [sum(map(len, chunks)) - 30 * MiB])
+    assert _read_digest(make_client(s3_bucket).snapshot_reader(GEN, 2)) == _digest(chunks)
+
+
 def test_writes_survive_dropped_connections(s3_bucket):
     """PUT bodies cut mid-way, and PUTs whose answer is lost (done but ambiguous)."""
     port = s3_bucket.server.s3_port

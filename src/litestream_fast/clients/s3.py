@@ -549,42 +549,58 @@ class S3ReplicaClient:
 
     # ----------------------------------------------------------------- writing
 
-    def _parts(self, data: Payload) -> Iterator[bytes]:
-        """_parts cuts a payload into non-empty parts of exactly ``part_size`` (last: less)."""
+    def _parts(self, data: Payload, spare: list[bytearray]) -> Iterator[bytearray]:
+        """_parts cuts a payload into non-empty parts of exactly ``part_size`` (last: less).
+
+        Each part is a bytearray handed to botocore as is (no copy into bytes). A part
+        the caller has uploaded goes back on ``spare`` and is refilled in place, so a
+        multipart upload holds ``concurrency`` + 1 parts, allocated once, instead of a
+        fresh one per part beside the one being cut. A new part grows as it fills: a small
+        object costs its own size, not a part's.
+        """
         size = self.part_size
-        if isinstance(data, bytes | bytearray | memoryview):
-            mv = memoryview(data).cast("B")
-            for i in range(0, len(mv), size):
-                yield bytes(mv[i : i + size])
-            return
-        buf = bytearray()
+        buf, n = bytearray(), 0
         for chunk in iter_payload(data):
-            buf += chunk
-            while len(buf) >= size:
-                with memoryview(buf) as mv:  # one copy, no temporary slice
-                    part = bytes(mv[:size])
-                del buf[:size]
-                yield part
-                del part
-        if buf:
-            yield bytes(buf)
+            mv = memoryview(chunk).cast("B")
+            i = 0
+            while i < len(mv):
+                k = min(size - n, len(mv) - i)
+                if n == len(buf):
+                    buf += mv[i : i + k]
+                else:  # a reused part: overwrite in place
+                    buf[n : n + k] = mv[i : i + k]
+                n += k
+                i += k
+                if n == size:
+                    yield buf
+                    buf, n = (spare.pop() if spare else bytearray()), 0
+        if n:
+            del buf[n:]
+            yield buf
 
     def _put(self, key: str, data: Payload) -> tuple[int, datetime]:
         """_put stores ``data`` at ``key`` atomically; returns (size, server time)."""
         s3 = self._client()
-        parts = self._parts(data)
+        spare: list[bytearray] = []
+        parts = self._parts(data, spare)
         head = list(itertools.islice(parts, 2))
         if len(head) < 2:
             body = head[0] if head else b""
             resp = self._call("PUT", key, s3.put_object, Bucket=self.bucket, Key=key, Body=body)
             self._add_bytes("PUT", len(body))
             return len(body), _response_time(resp)
-        return self._multipart(s3, key, head, parts)
+        return self._multipart(s3, key, head, parts, spare)
 
     def _multipart(
-        self, s3: Any, key: str, head: list[bytes], rest: Iterator[bytes]
+        self,
+        s3: Any,
+        key: str,
+        head: list[bytearray],
+        rest: Iterator[bytearray],
+        spare: list[bytearray],
     ) -> tuple[int, datetime]:
-        """_multipart uploads ``head`` + ``rest`` as parts; no part outlives its upload."""
+        """_multipart uploads ``head`` + ``rest`` as parts; each part, once uploaded, goes
+        on ``spare`` for ``rest`` to refill."""
         upload_id = self._call("PUT", key, s3.create_multipart_upload, Bucket=self.bucket, Key=key)[
             "UploadId"
         ]
@@ -603,7 +619,9 @@ class S3ReplicaClient:
                                 etags[n] = etag
                         total += len(body)
                         pending.add(
-                            pool.submit(self._upload_part, s3, key, upload_id, number, body, cancel)
+                            pool.submit(
+                                self._upload_part, s3, key, upload_id, number, body, cancel, spare
+                            )
                         )
                         del body
                     for f in wait(pending).done:
@@ -623,12 +641,21 @@ class S3ReplicaClient:
         return total, _response_time(resp)
 
     def _upload_part(
-        self, s3: Any, key: str, upload_id: str, number: int, body: bytes, cancel: threading.Event
+        self,
+        s3: Any,
+        key: str,
+        upload_id: str,
+        number: int,
+        body: bytearray,
+        cancel: threading.Event,
+        spare: list[bytearray],
     ) -> tuple[int, str]:
         resp = self._call(
             "PUT", f"{key} (part {number})", s3.upload_part, cancel=cancel,
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body,
         )  # fmt: skip
+        if len(body) == self.part_size:
+            spare.append(body)  # done with (list.append is atomic); refilled by _parts
         return number, resp["ETag"]
 
     def _complete(self, s3: Any, key: str, upload_id: str, etags: dict[int, str]) -> dict:
