@@ -97,6 +97,43 @@ def test_a_fast_writer_gets_busy_ticks_and_checkpoints_within_the_interval(tmp_p
     app.close()
 
 
+@pytest.mark.parametrize("replica_interval", [0.02, 30.0])
+def test_monitor_syncs_only_ticks_no_replica_synced(tmp_path, replica_interval):
+    """A replica syncs the database right before each upload, so a monitor tick that
+    follows one skips its own sync (it would copy and fsync the new frames a second time).
+    With the replica on a long interval the monitor still syncs every tick and keeps the
+    shadow WAL current; either way the replica restores to the database's content."""
+    path = str(tmp_path / "db")
+    app = connect(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    cfg = DBConfig(path=path, monitor_interval=0.1,
+                   replicas=[ReplicaConfig(type="file", name="r", path=str(tmp_path / "r"),
+                                           sync_interval=replica_interval)])  # fmt: skip
+    rep = Replicator.from_config([cfg])
+    m = rep.dbs[0]
+    rep.start()
+    try:
+        assert wait_for(lambda: not m.db.pos().is_zero)
+        for _ in range(40):
+            app.execute("INSERT INTO t (x) VALUES (randomblob(500))")
+            time.sleep(0.03)
+        size = os.path.getsize(path + "-wal")
+        # The shadow holds every commit within a tick or two, whoever synced.
+        assert wait_for(lambda: m.db.pos().offset == size, timeout=2)
+        ticks, syncs = m.monitor_ticks, m.monitor_syncs
+        assert ticks >= 8
+        if replica_interval < cfg.monitor_interval:
+            assert syncs <= ticks // 4, (syncs, ticks)
+        else:
+            assert syncs >= ticks - 1, (syncs, ticks)
+    finally:
+        rep.stop(timeout=10)
+    out = str(tmp_path / "out.db")
+    ls_restore(str(tmp_path / "r"), out)
+    assert integrity_ok(out) and content_hash(out) == content_hash(path)
+    app.close()
+
+
 @pytest.mark.slow
 def test_database_past_one_gib_lock_byte_page(tmp_path):
     """A 1.1 GiB database: pages around the lock-byte page (byte 0x40000000) change under

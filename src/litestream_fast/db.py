@@ -125,6 +125,7 @@ class DB:
         self._replica_positions: dict[str, Pos] = {}
         # Counters exposed to status/metrics.
         self.sync_count = 0
+        self.synced_at = 0.0  # time.monotonic() when the last sync succeeded
         self.sync_error_count = 0
         self.checkpoint_count: dict[str, int] = {}
         self.checkpoint_error_count: dict[str, int] = {}
@@ -389,6 +390,7 @@ class DB:
             finally:
                 self.sync_seconds += time.monotonic() - t0
             self.sync_count += 1
+            self.synced_at = time.monotonic()
             if self._conn is not None:  # a deleted database keeps its error until it returns
                 self.last_error = None
             if result.changed or result.new_generation_reason:

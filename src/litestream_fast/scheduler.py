@@ -38,6 +38,9 @@ class ManagedDB:
         self._thread: threading.Thread | None = None
         self._errors = RateLimitedLogger(log, interval=30.0)
         self._published_at = 0.0
+        self._looked_at = 0.0  # time.monotonic() after the previous tick's (skipped) sync
+        self.monitor_ticks = 0
+        self.monitor_syncs = 0  # ticks that synced (the others found a replica had)
 
     @classmethod
     def from_config(cls, cfg: DBConfig) -> ManagedDB:
@@ -67,8 +70,19 @@ class ManagedDB:
 
     def monitor_once(self) -> None:
         """monitor_once syncs the shadow WAL, checkpoints if the policy says so, and drops
-        shadow files every replica has uploaded."""
-        self.db.sync()
+        shadow files every replica has uploaded.
+
+        The sync is skipped when one succeeded since the previous tick's: each replica
+        syncs right before it uploads, so with replicas on the monitor's interval (the
+        usual setup) a second sync per tick copied and fsynced the frames that had come
+        in since, for nothing. A replica in backoff or on a longer interval leaves ticks
+        without a sync, and then the monitor syncs, as before.
+        """
+        self.monitor_ticks += 1
+        if self.db.synced_at <= self._looked_at:
+            self.monitor_syncs += 1
+            self.db.sync()
+        self._looked_at = time.monotonic()
         if self.db.is_open:
             self.db.checkpoint_if_needed()
             self.db.clean_shadow()
