@@ -13,6 +13,13 @@ from litestream_fast.config import DBConfig, ReplicaConfig
 from litestream_fast.scheduler import Replicator
 
 
+def assert_ls_restores(tmp_path, path: str) -> None:
+    """The replica in ``tmp_path/r``, restored by Litestream 0.3.13, equals ``path``."""
+    out = str(tmp_path / "out.db")
+    ls_restore(str(tmp_path / "r"), out)
+    assert integrity_ok(out) and content_hash(out) == content_hash(path)
+
+
 def test_many_dbs_and_a_failing_replica(tmp_path):
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("a file where the replica directory should be")
@@ -91,9 +98,7 @@ def test_a_fast_writer_gets_busy_ticks_and_checkpoints_within_the_interval(tmp_p
         assert m.db.sync_count >= 3
     finally:
         rep.stop(timeout=10)
-    out = str(tmp_path / "out.db")
-    ls_restore(str(tmp_path / "r"), out)
-    assert integrity_ok(out) and content_hash(out) == content_hash(path)
+    assert_ls_restores(tmp_path, path)
     app.close()
 
 
@@ -128,9 +133,7 @@ def test_monitor_syncs_only_ticks_no_replica_synced(tmp_path, replica_interval):
             assert syncs >= ticks - 1, (syncs, ticks)
     finally:
         rep.stop(timeout=10)
-    out = str(tmp_path / "out.db")
-    ls_restore(str(tmp_path / "r"), out)
-    assert integrity_ok(out) and content_hash(out) == content_hash(path)
+    assert_ls_restores(tmp_path, path)
     app.close()
 
 
