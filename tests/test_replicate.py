@@ -14,7 +14,7 @@ import apsw
 import pytest
 from support import connect, content_hash, integrity_ok, ls_restore, row_count
 
-from litestream_fast import wal
+from litestream_fast import shadow, wal
 from litestream_fast.clients.file import FileReplicaClient
 from litestream_fast.db import DB, FIRST_COPY_READ, check_sqlite_version
 from litestream_fast.errors import SQLiteTooOld
@@ -138,6 +138,29 @@ def test_repeated_checkpoints_continue_generation(env, tmp_path):
         insert(app, 10)
     pos = r.sync_once()
     assert pos.generation == gen and pos.index == 4
+    assert_restores_to(replica_dir, path, tmp_path)
+
+
+def test_clean_shadow_drops_uploaded_indexes_and_lists_only_when_that_changes(
+    env, tmp_path, monkeypatch
+):
+    """Shadow files every replica is past go, one behind is kept; the directory is listed
+    once per step of the replicas' position, not on every monitor tick."""
+    app, db, r, replica_dir, path = env
+    listed = []
+    real = shadow.shadow_indexes
+    monkeypatch.setattr(shadow, "shadow_indexes", lambda *a: listed.append(a) or real(*a))
+    insert(app, 50)
+    r.sync_once()
+    for _ in range(4):
+        assert db.checkpoint("PASSIVE")
+        insert(app, 10)
+        r.sync_once()
+        db.clean_shadow()
+        db.clean_shadow()  # same positions: no listing
+    assert db.index == 4
+    assert real(db.meta_path, db.generation) == [3, 4]
+    assert len(listed) == 4
     assert_restores_to(replica_dir, path, tmp_path)
 
 

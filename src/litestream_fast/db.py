@@ -123,6 +123,7 @@ class DB:
         self.missing_logged = False
         # Replicas report their positions so shadow files they still need are kept.
         self._replica_positions: dict[str, Pos] = {}
+        self._cleaned_below: tuple[str, int] | None = None  # clean_shadow's last (gen, index)
         # Counters exposed to status/metrics.
         self.sync_count = 0
         self.synced_at = 0.0  # time.monotonic() when the last sync succeeded
@@ -832,12 +833,15 @@ class DB:
             if len(positions) < len(self._replica_positions) or not positions:
                 return
             keep_from = min(p.index for p in positions) - 1
+            if self._cleaned_below == (self.generation, keep_from):
+                return  # nothing older appeared since: indexes only grow (no listdir per tick)
             for idx in shadow.shadow_indexes(self.meta_path, self.generation):
                 if idx < keep_from:
                     try:
                         os.unlink(self.shadow_wal_path(idx))
                     except FileNotFoundError:
                         pass
+            self._cleaned_below = (self.generation, keep_from)
 
 
 class _Snapshot:
