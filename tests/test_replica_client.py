@@ -404,7 +404,8 @@ def test_objects_are_exact_and_big_ones_bypass_the_page_cache(tmp_path, write_lo
     """Objects of DIRECT_STAGE bytes or more go out in aligned O_DIRECT writes (when the
     filesystem allows it) plus a buffered tail; smaller ones are one buffered write. The
     content is exact whatever the chunking of the payload."""
-    from litestream_fast.clients.file import DIRECT_STAGE, atomic_write
+    from litestream_fast.clients.file import atomic_write
+    from litestream_fast.directio import DIRECT_STAGE
 
     data = random.Random(size).randbytes(size)
     chunks, i, rng = [], 0, random.Random(1)
@@ -456,3 +457,21 @@ def test_object_write_falls_back_when_o_direct_fails(tmp_path, monkeypatch, faul
         assert f.read() == data
     if _direct_ok(str(tmp_path)):
         assert seen.count(True) == 1  # tried once, then buffered to the end
+
+
+def test_two_direct_writers_in_one_thread_do_not_share_a_stage(tmp_path):
+    """Staging buffers are reused per thread, but only once their writer is closed."""
+    from litestream_fast.directio import DirectWriter
+
+    a, b = (random.Random(k).randbytes(3 * (1 << 20) + 77) for k in (1, 2))
+    fds = [os.open(str(tmp_path / n), os.O_WRONLY | os.O_CREAT, 0o600) for n in ("a", "b")]
+    wa, wb = DirectWriter(fds[0]), DirectWriter(fds[1])
+    for i in range(0, len(a), 300_000):
+        wa.write(a[i : i + 300_000])
+        wb.write(b[i : i + 300_000])
+    wa.close()
+    wb.close()
+    for fd in fds:
+        os.close(fd)
+    assert (tmp_path / "a").read_bytes() == a
+    assert (tmp_path / "b").read_bytes() == b

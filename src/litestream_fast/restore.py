@@ -53,7 +53,9 @@ segments, one shared pair for big ones, which decode one at a time; memory stays
 MiB per worker whatever the object sizes). The snapshot's path is a
 pipeline (``compression.decompress_to``): one thread reads each LZ4 block and decodes it
 into one of a few reused buffers with the compiled core (GIL released, content checksum
-updated in the same call), the fetching thread writes them in order, and every
+updated in the same call), the fetching thread writes them in order, with O_DIRECT where
+the filesystem allows it (``directio``: on a VM whose free memory is cold, buffered
+writes of a 517 MiB database cost 1.6-1.9 s of system time, O_DIRECT 0.3 s), and every
 ``FLUSH_BYTES`` a background ``fdatasync`` keeps the disk writing while decoding goes on,
 so the final fsync has only the tail left. Indexes are applied in
 order as they complete: the index file becomes ``<tmp>-wal``, is verified, and SQLite
@@ -96,6 +98,7 @@ from litestream_fast.compression import (
     decompress_to,
     read_into,
 )
+from litestream_fast.directio import DirectWriter
 from litestream_fast.errors import (
     CorruptObject,
     IntegrityCheckFailed,
@@ -622,11 +625,12 @@ class _Restorer:
             with self.client.snapshot_reader(self.plan.generation, snap.index) as src:
                 fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
                 flusher = _Flusher(fd)
+                out = DirectWriter(fd)
 
                 def write(block: memoryview) -> None:
                     nonlocal n
                     try:
-                        _pwrite_all(fd, block, n)
+                        out.write(block)
                     except OSError as exc:
                         raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
                     n += len(block)
@@ -634,6 +638,10 @@ class _Restorer:
 
                 try:
                     decompress_to(_CountingReader(src, self.progress), key, write)
+                    try:
+                        out.close()
+                    except OSError as exc:
+                        raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
                 finally:
                     flusher.close(self.tmp, "write")
         except LitestreamError:
@@ -780,8 +788,11 @@ class _Restorer:
     def finish(self) -> int:
         """Integrity check, WAL journal mode, fsync; returns the database size.
 
-        The fsync runs in a thread while SQLite checks the file (from the page cache), so
-        the check costs no wall time beyond whichever of the two is longer.
+        The fsync runs in a thread while SQLite checks the file, so the check costs no wall
+        time beyond whichever of the two is longer. (The check reads the snapshot's pages
+        from the disk, as they were written with O_DIRECT; a POSIX_FADV_WILLNEED read-ahead
+        in a thread beside it made a cold 517 MiB restore slower, 1.3-1.7 s against
+        1.0-1.2 s.)
         """
         syncer = _Flusher(os.open(self.tmp, os.O_RDONLY))
         syncer.flush_now()

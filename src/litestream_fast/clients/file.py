@@ -5,22 +5,18 @@ fsynced, so a crash leaves either the whole object or nothing (plus a stray ``.t
 listings ignore). An object's time is its file mtime, as in Litestream.
 
 Objects of a megabyte or more are written with ``O_DIRECT`` where the filesystem allows
-it (see ``_ObjectWriter``): a replica object is written once and not read back, and
-buffered writes of fresh pages were most of the replicator's CPU under a fast writer.
+it (``directio.DirectWriter``): a replica object is written once and not read back soon.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
-import mmap
 import os
 import shutil
-import threading
 from datetime import datetime, timezone
 from typing import BinaryIO
 
 from litestream_fast import naming
+from litestream_fast.directio import DirectWriter
 from litestream_fast.errors import ObjectNotFound, ReplicaError
 from litestream_fast.pos import Pos, SnapshotInfo, WALSegmentInfo
 from litestream_fast.replica_client import Payload, iter_payload
@@ -39,95 +35,6 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-#: Bytes staged before a write; an object at least this big goes out with O_DIRECT.
-DIRECT_STAGE = 1 << 20
-#: O_DIRECT offsets and lengths are multiples of this (the largest logical block size).
-DIRECT_ALIGN = 4096
-_O_DIRECT = getattr(os, "O_DIRECT", 0)
-_stages = threading.local()
-
-
-class _ObjectWriter:
-    """_ObjectWriter writes one object through a page-aligned staging buffer.
-
-    An object smaller than ``DIRECT_STAGE`` is one ordinary write. A bigger one switches
-    the descriptor to ``O_DIRECT`` and sends whole staging buffers straight to the device,
-    then the unaligned tail through the page cache; the caller's fsync covers both. Page
-    cache writes of fresh pages cost ~3 ns/byte of kernel time on this project's VMs
-    (the memory freed pages held is handed back to the host), 20x an O_DIRECT write, and
-    on any machine they evict the application's pages for data nobody reads. Where
-    O_DIRECT is refused (tmpfs, some FUSE and network filesystems: EINVAL) or a write
-    comes back short, the rest of the object is written buffered.
-    """
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        stage = getattr(_stages, "buf", None)
-        if stage is None:
-            stage = _stages.buf = mmap.mmap(-1, DIRECT_STAGE)  # page-aligned
-        self._stage = memoryview(stage)
-        self._fill = 0
-        self._direct = False
-        self._refused = not _O_DIRECT  # O_DIRECT failed once: buffered from then on
-        self.size = 0
-
-    def write(self, chunk) -> None:
-        mv = memoryview(chunk).cast("B")
-        self.size += len(mv)
-        while len(mv):
-            k = min(len(mv), DIRECT_STAGE - self._fill)
-            self._stage[self._fill : self._fill + k] = mv[:k]
-            self._fill += k
-            mv = mv[k:]
-            if self._fill == DIRECT_STAGE:
-                if not self._direct:
-                    self._set_direct(True)
-                self._flush(DIRECT_STAGE)
-
-    def close(self) -> None:
-        """Write what is staged: the aligned part as it is, the tail buffered."""
-        aligned = self._fill - self._fill % DIRECT_ALIGN if self._direct else 0
-        if aligned:
-            self._flush(aligned)
-        if self._fill:
-            self._set_direct(False)
-            self._flush(self._fill)
-
-    def _set_direct(self, on: bool) -> None:
-        if on == self._direct or (on and self._refused):
-            return
-        flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
-        try:
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
-        except OSError:
-            self._refused = True
-            if on:
-                return
-            raise
-        self._direct = on
-        if not on:
-            self._refused = True
-
-    def _flush(self, n: int) -> None:
-        """Write the first ``n`` staged bytes and keep the rest at the buffer's start."""
-        view = self._stage[:n]
-        while len(view):
-            try:
-                w = os.write(self.fd, view)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL or not self._direct:
-                    raise
-                self._set_direct(False)  # the filesystem takes O_DIRECT but not this write
-                continue
-            if w < len(view) and self._direct:
-                self._set_direct(False)  # the next offset would not be aligned
-            view = view[w:]
-        rest = self._fill - n
-        if rest:
-            self._stage[:rest] = self._stage[n : self._fill]
-        self._fill = rest
-
-
 def atomic_write(path: str, data: Payload) -> int:
     """atomic_write writes ``data`` to ``path`` via temp + fsync + rename + dir fsync.
 
@@ -139,7 +46,7 @@ def atomic_write(path: str, data: Payload) -> int:
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
         try:
-            w = _ObjectWriter(fd)
+            w = DirectWriter(fd)
             for chunk in iter_payload(data):
                 w.write(chunk)
             w.close()
