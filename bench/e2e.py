@@ -708,6 +708,7 @@ def restore_and_check(ctx: Ctx, tool: Tool, prefix: str, cfg: str, db: str, pare
         cmd = ctx.store.restore_cmd(tool, prefix, out, cfg, db)
         cmd = cmd[: len(tool.cmd) + 1] + list(extra) + cmd[len(tool.cmd) + 1 :]
         os.sync()  # no writeback of earlier work pending: each run starts alike
+        settle(ctx)
         r = run_timed(cmd, env=ctx.env)
         if r["rc"] != 0 or not os.path.exists(out):
             raise CheckFailed(f"restore failed (status {r['rc']}): {r['output']}")
@@ -723,6 +724,17 @@ def restore_and_check(ctx: Ctx, tool: Tool, prefix: str, cfg: str, db: str, pare
     return {"restore_s": r["wall_s"], "restore_cpu_s": r["cpu_s"],
             "restore_rss_mib": r["maxrss_mib"], "restore_anon_mib": r["anon_mib"],
             "integrity": "ok", "hash_ok": True}  # fmt: skip
+
+
+def settle(ctx: Ctx) -> None:
+    """Idle ``--settle`` seconds: on a VM with free page reporting (virtio-balloon, as on
+    this project's machines) memory freed by earlier work goes back to the host after
+    ~2 s, and the first write of each fresh page cache page then costs ~3 ns/byte of
+    kernel time (704 MiB into a new file: 2.3 s cold, 0.3 s warm). Without a pause a run
+    got warm memory or cold depending on what ran just before it; with one every
+    restore and floor starts cold, as a restore on a new machine does."""
+    if ctx.args.settle > 0:
+        time.sleep(ctx.args.settle)
 
 
 def median_restore(runs: list[dict]) -> dict:
@@ -963,11 +975,14 @@ def scenario_snapshot_restore(ctx: Ctx, want_snapshot: bool, want_restore: bool)
         any_prep = next(iter(prepared.values()), None)
         if any_prep:
             dst = os.path.join(base_dir, "cp.db")
+            os.sync()
+            settle(ctx)
             r = run_timed(["cp", any_prep["db"], dst])
             floors["cp_s"] = r["wall_s"]
             floors["cp_mib"] = os.path.getsize(dst) / MIB
             os.unlink(dst)
             os.sync()  # start each floor (and each restore) with no writeback pending
+            settle(ctx)
             t0 = time.monotonic()
             with open(any_prep["db"], "rb") as src, open(dst, "wb") as out:
                 shutil.copyfileobj(src, out, 4 * MIB)
@@ -1253,6 +1268,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--snapshot-interval", default="1s", help="sync interval while snapshotting")
     p.add_argument("--history-txns", type=int, default=None, help="WAL history to restore [5000]")
     p.add_argument("--history-rate", type=float, default=2000.0)
+    p.add_argument("--settle", type=float, default=None,
+                   help="idle seconds before each restore and floor, so each starts on "
+                        "memory the VM has handed back (see settle()) [5; smoke: 0]")  # fmt: skip
     p.add_argument("--restore-repeats", type=int, default=None,
                    help="runs of each restore; the median is reported [5; smoke: 1]")  # fmt: skip
     p.add_argument("--no-cross", dest="cross", action="store_false",
@@ -1271,9 +1289,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="also exit 1 when a real Litestream fails a check")  # fmt: skip
     a = p.parse_args(argv)
     smoke = {"duration": 3.0, "intervals": "100ms", "maxrate_seconds": 2.0, "burst_mib": 16,
-             "db_mib": 32, "history_txns": 500, "restore_repeats": 1}  # fmt: skip
+             "db_mib": 32, "history_txns": 500, "restore_repeats": 1, "settle": 0.0}  # fmt: skip
     full = {"duration": 20.0, "intervals": "1s,100ms", "maxrate_seconds": 5.0, "burst_mib": 256,
-            "db_mib": 512, "history_txns": 5000, "restore_repeats": 5}  # fmt: skip
+            "db_mib": 512, "history_txns": 5000, "restore_repeats": 5, "settle": 5.0}  # fmt: skip
     for k, v in (smoke if a.smoke else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
