@@ -730,7 +730,8 @@ def settle(ctx: Ctx) -> None:
     """Idle ``--settle`` seconds: on a VM with free page reporting (virtio-balloon, as on
     this project's machines) memory freed by earlier work goes back to the host after
     ~2 s, and the first write of each fresh page cache page then costs ~3 ns/byte of
-    kernel time (704 MiB into a new file: 2.3 s cold, 0.3 s warm). Without a pause a run
+    kernel time (704 MiB into a new file: 2.3 s cold, 0.3 s warm; cold again after 3 s
+    idle, still warm after 1 s). Without a pause a run
     got warm memory or cold depending on what ran just before it; with one every
     restore and floor starts cold, as a restore on a new machine does."""
     if ctx.args.settle > 0:
@@ -1270,7 +1271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--history-rate", type=float, default=2000.0)
     p.add_argument("--settle", type=float, default=None,
                    help="idle seconds before each restore and floor, so each starts on "
-                        "memory the VM has handed back (see settle()) [5; smoke: 0]")  # fmt: skip
+                        "memory the VM has handed back (see settle()) [3; smoke: 0]")  # fmt: skip
     p.add_argument("--restore-repeats", type=int, default=None,
                    help="runs of each restore; the median is reported [5; smoke: 1]")  # fmt: skip
     p.add_argument("--no-cross", dest="cross", action="store_false",
@@ -1291,7 +1292,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     smoke = {"duration": 3.0, "intervals": "100ms", "maxrate_seconds": 2.0, "burst_mib": 16,
              "db_mib": 32, "history_txns": 500, "restore_repeats": 1, "settle": 0.0}  # fmt: skip
     full = {"duration": 20.0, "intervals": "1s,100ms", "maxrate_seconds": 5.0, "burst_mib": 256,
-            "db_mib": 512, "history_txns": 5000, "restore_repeats": 5, "settle": 5.0}  # fmt: skip
+            "db_mib": 512, "history_txns": 5000, "restore_repeats": 5, "settle": 3.0}  # fmt: skip
     for k, v in (smoke if a.smoke else full).items():
         if getattr(a, k) is None:
             setattr(a, k, v)
