@@ -43,7 +43,7 @@ class DirectWriter:
         self._stage = memoryview(self._buf)
         self._fill = 0
         self._direct = False
-        self._refused = not _O_DIRECT  # O_DIRECT failed once, or the tail: buffered from then on
+        self._refused = not _O_DIRECT  # set once buffered: O_DIRECT failed, or the tail
         self.size = 0
 
     def write(self, chunk) -> None:
@@ -55,8 +55,7 @@ class DirectWriter:
             self._fill += k
             mv = mv[k:]
             if self._fill == DIRECT_STAGE:
-                if not self._direct:
-                    self._set_direct(True)
+                self._try_direct()
                 self._flush(DIRECT_STAGE)
 
     def close(self) -> None:
@@ -65,25 +64,29 @@ class DirectWriter:
         if aligned:
             self._flush(aligned)
         if self._fill:
-            self._set_direct(False)
+            self._go_buffered()
             self._flush(self._fill)
         self._stage.release()
         _stages.__dict__.setdefault("free", []).append(self._buf)  # for the thread's next
 
-    def _set_direct(self, on: bool) -> None:
-        if on == self._direct or (on and self._refused):
+    def _try_direct(self) -> None:
+        if self._direct or self._refused:
             return
         flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
         try:
-            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | _O_DIRECT)
         except OSError:
             self._refused = True
-            if on:
-                return
-            raise
-        self._direct = on
-        if not on:
-            self._refused = True
+            return
+        self._direct = True
+
+    def _go_buffered(self) -> None:
+        """Through the page cache from here to the end (the tail, or O_DIRECT failed)."""
+        self._refused = True
+        if self._direct:
+            flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
+            self._direct = False
 
     def _flush(self, n: int) -> None:
         """Write the first ``n`` staged bytes and keep the rest at the buffer's start."""
@@ -94,10 +97,10 @@ class DirectWriter:
             except OSError as exc:
                 if exc.errno != errno.EINVAL or not self._direct:
                     raise
-                self._set_direct(False)  # the filesystem takes O_DIRECT but not this write
+                self._go_buffered()  # the filesystem takes O_DIRECT but not this write
                 continue
             if w < len(view) and self._direct:
-                self._set_direct(False)  # the next offset would not be aligned
+                self._go_buffered()  # the next offset would not be aligned
             view = view[w:]
         rest = self._fill - n
         if rest:
