@@ -107,3 +107,32 @@ def wait_for(pred: Callable[[], object], timeout: float = 20.0, interval: float 
             return True
         time.sleep(interval)
     return bool(pred())
+
+
+#: os.O_DIRECT where the platform has it (Linux), else 0 (macOS: no such flag).
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def is_direct(fd: int) -> bool:
+    """Whether O_DIRECT is set on ``fd`` now."""
+    return bool(O_DIRECT and fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT)
+
+
+def direct_io_ok(directory: str) -> bool:
+    """Whether this filesystem takes an aligned O_DIRECT write (tmpfs and macOS do not)."""
+    import mmap
+
+    if not O_DIRECT:
+        return False
+    path = os.path.join(directory, ".direct-probe")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600)
+    except OSError:
+        return False
+    try:
+        return os.write(fd, mmap.mmap(-1, 4096)) == 4096
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(path)

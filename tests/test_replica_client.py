@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from s3server import make_client
+from support import direct_io_ok, is_direct
 
 from litestream_fast import naming
 from litestream_fast.clients.file import FileReplicaClient
@@ -361,37 +362,16 @@ def test_naming_matches_litestream(backend):
 # ---------------------------------------------------------------- directory objects, O_DIRECT
 
 
-def _direct_ok(directory: str) -> bool:
-    """Whether this filesystem takes an aligned O_DIRECT write."""
-    import mmap
-
-    path = os.path.join(directory, "probe")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
-    except OSError:
-        return False
-    try:
-        os.write(fd, mmap.mmap(-1, 4096))
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-        os.unlink(path)
-
-
 @pytest.fixture
 def write_log(monkeypatch):
     """Records (length, O_DIRECT set) of every os.write the directory client makes."""
-    import fcntl
-
     from litestream_fast.clients import file as file_mod
 
     calls: list[tuple[int, bool]] = []
     real = os.write
 
     def write(fd, data):
-        calls.append((len(data), bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        calls.append((len(data), is_direct(fd)))
         return real(fd, data)
 
     monkeypatch.setattr(file_mod.os, "write", write)
@@ -420,7 +400,7 @@ def test_objects_are_exact_and_big_ones_bypass_the_page_cache(tmp_path, write_lo
     assert not os.path.exists(path + ".tmp")
     direct = [n for n, d in write_log if d]
     assert sum(n for n, _ in write_log) == size
-    if size < DIRECT_STAGE or not _direct_ok(str(tmp_path)):
+    if size < DIRECT_STAGE or not direct_io_ok(str(tmp_path)):
         assert direct == []
     else:
         assert sum(direct) == size - size % 4096
@@ -433,7 +413,6 @@ def test_object_write_falls_back_when_o_direct_fails(tmp_path, monkeypatch, faul
     """A filesystem that takes the O_DIRECT flag but refuses the write (EINVAL), or a short
     direct write, leaves the rest of the object to buffered writes, content intact."""
     import errno
-    import fcntl
 
     from litestream_fast.clients import file as file_mod
 
@@ -441,7 +420,7 @@ def test_object_write_falls_back_when_o_direct_fails(tmp_path, monkeypatch, faul
     seen: list[bool] = []
 
     def write(fd, data):
-        direct = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        direct = is_direct(fd)
         seen.append(direct)
         if direct and fault == "einval":
             raise OSError(errno.EINVAL, "Invalid argument")
@@ -455,7 +434,7 @@ def test_object_write_falls_back_when_o_direct_fails(tmp_path, monkeypatch, faul
     assert file_mod.atomic_write(path, [data[: 1 << 19], data[1 << 19 :]]) == len(data)
     with open(path, "rb") as f:
         assert f.read() == data
-    if _direct_ok(str(tmp_path)):
+    if direct_io_ok(str(tmp_path)):
         assert seen.count(True) == 1  # tried once, then buffered to the end
 
 

@@ -16,7 +16,7 @@ import lz4.frame
 import pytest
 from click.testing import CliRunner
 from replica_writer import ReplicaWriter, at, set_mtime
-from support import content_hash, integrity_ok, row_count
+from support import content_hash, direct_io_ok, integrity_ok, is_direct, row_count
 
 from litestream_fast import compression
 from litestream_fast.cli import cli, commands  # noqa: F401  (registers the commands)
@@ -649,9 +649,6 @@ def test_snapshot_is_written_past_the_page_cache(tmp_path, monkeypatch):
     """The restored snapshot goes out in aligned O_DIRECT writes where the filesystem
     allows it (directio.DirectWriter), and the database is exact all the same: the WAL
     checkpoint and the integrity check then read what O_DIRECT wrote."""
-    import fcntl
-    import mmap
-
     w = _writer(tmp_path)
     w.insert_rows(600, size=4000)  # ~2.5 MiB: bigger than one staging buffer
     w.snapshot()
@@ -662,7 +659,7 @@ def test_snapshot_is_written_past_the_page_cache(tmp_path, monkeypatch):
     real = os.write
 
     def write(fd, data):
-        writes.append((len(data), bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)))
+        writes.append((len(data), is_direct(fd)))
         return real(fd, data)
 
     monkeypatch.setattr(os, "write", write)
@@ -670,16 +667,8 @@ def test_snapshot_is_written_past_the_page_cache(tmp_path, monkeypatch):
     _restore_latest(w, out)
     monkeypatch.undo()
     assert content_hash(out) == w.hash() and integrity_ok(out)
-    try:
-        fd = os.open(str(tmp_path / "probe"), os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o600)
-        try:
-            direct_ok = os.write(fd, mmap.mmap(-1, 4096)) == 4096
-        finally:
-            os.close(fd)
-    except OSError:
-        direct_ok = False
     direct = sum(n for n, d in writes if d)
-    if direct_ok:
+    if direct_io_ok(str(tmp_path)):
         assert direct >= 2 << 20 and direct % 4096 == 0
     else:
         assert direct == 0
