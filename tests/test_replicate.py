@@ -86,7 +86,7 @@ def test_only_committed_transactions_are_shipped(env, tmp_path):
     assert_restores_to(replica_dir, path, tmp_path, "out2.db")
 
 
-def test_own_commits_leave_the_wal_unsynced_and_checkpoints_durable(env):
+def test_own_connection_commits_with_synchronous_normal(env):
     """Our connection's only commits are one-frame ``_litestream_seq`` bumps (a read pin
     on a fresh frame, the first frame after a restart). Under SQLite's default
     synchronous=FULL each of them fsynced the whole WAL, i.e. every frame an application

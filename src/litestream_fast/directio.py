@@ -23,6 +23,11 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 _stages = threading.local()
 
 
+def _free_stages() -> list[mmap.mmap]:
+    """This thread's staging buffers that no open writer holds."""
+    return _stages.__dict__.setdefault("free", [])
+
+
 class DirectWriter:
     """DirectWriter writes one file sequentially through a page-aligned staging buffer.
 
@@ -38,7 +43,7 @@ class DirectWriter:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        free: list[mmap.mmap] = _stages.__dict__.setdefault("free", [])
+        free = _free_stages()
         self._buf = free.pop() if free else mmap.mmap(-1, DIRECT_STAGE)  # page-aligned
         self._stage = memoryview(self._buf)
         self._fill = 0
@@ -67,7 +72,7 @@ class DirectWriter:
             self._go_buffered()
             self._flush(self._fill)
         self._stage.release()
-        _stages.__dict__.setdefault("free", []).append(self._buf)  # for the thread's next
+        _free_stages().append(self._buf)  # for this thread's next writer
 
     def _try_direct(self) -> None:
         if self._direct or self._refused:

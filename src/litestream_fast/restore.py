@@ -620,7 +620,6 @@ class _Restorer:
     def fetch_snapshot(self) -> int:
         snap = self.plan.snapshot
         key = self.client.object_key(self.plan.generation, snap.index)
-        n = 0
         try:
             with self.client.snapshot_reader(self.plan.generation, snap.index) as src:
                 fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
@@ -628,12 +627,10 @@ class _Restorer:
                 out = DirectWriter(fd)
 
                 def write(block: memoryview) -> None:
-                    nonlocal n
                     try:
                         out.write(block)
                     except OSError as exc:
                         raise RestoreError(f"write {self.tmp}: {exc.strerror}") from exc
-                    n += len(block)
                     flusher.wrote(len(block))
 
                 try:
@@ -648,6 +645,7 @@ class _Restorer:
             raise
         except OSError as exc:
             raise ReplicaError(f"read {key}: {exc}") from exc
+        n = out.size
         if n < 100:
             raise CorruptObject(key, f"snapshot is {n} bytes, too short for a SQLite database")
         with open(self.tmp, "rb") as f:
