@@ -538,3 +538,82 @@ def test_wal_restart_seen_while_a_writer_holds_the_lock(env, tmp_path, monkeypat
     finally:
         db2.close()
         holder.close()
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _write_in_place(path: str, data: bytes) -> None:
+    """Overwrite a file's content keeping its inode (a crash does not replace files)."""
+    with open(path, "r+b") as f:
+        f.write(data)
+        f.truncate(len(data))
+
+
+def test_shadow_tail_lost_in_a_crash_is_copied_again_from_the_wal(env, tmp_path):
+    """The shadow WAL is not fsynced: a machine crash can cut its tail after the tail was
+    uploaded. When the application's WAL still holds those frames, they are copied again
+    (the same bytes) and the generation goes on."""
+    app, db, r, replica_dir, path = env
+    insert(app, 50)
+    mid = r.sync_once().offset
+    insert(app, 50)
+    end = r.sync_once()
+    gen = db.generation
+    spath = db.shadow_wal_path(end.index)
+    db.close()
+    os.truncate(spath, mid)  # what reached the disk before the crash
+    db2 = DB(path, checkpoint_interval=0)
+    r2 = Replica(db2, FileReplicaClient(replica_dir))
+    try:
+        insert(app, 5)
+        pos = r2.sync_once()
+        assert pos.generation == gen and pos.offset > end.offset
+        assert not db2.generation_reasons
+        assert_restores_to(replica_dir, path, tmp_path)
+    finally:
+        db2.close()
+
+
+@pytest.mark.parametrize("new_rows", [2, 200])
+def test_replica_ahead_of_a_crashed_shadow_and_wal_starts_new_generation(env, tmp_path, new_rows):
+    """A machine crash cut both the shadow WAL and the application's WAL (synchronous=
+    NORMAL) back to before the last upload, and the application then wrote something
+    else. The replica holds a history the database no longer has: whether the new WAL is
+    still short of the replica's position (2 rows) or already past it with different
+    frames (200 rows), the replicator starts a new generation, never extends the old one."""
+    app, db, r, replica_dir, path = env
+    insert(app, 50)
+    mid = r.sync_once()
+    saved_db, saved_wal = _read(path), _read(path + "-wal")
+    insert(app, 50)
+    end = r.sync_once()
+    spath = db.shadow_wal_path(end.index)
+    db.close()
+    app.close()  # checkpoints and deletes the WAL; the crash image replaces both below
+    _write_in_place(path, saved_db)
+    with open(path + "-wal", "wb") as f:
+        f.write(saved_wal)
+    for extra in ("-shm",):
+        if os.path.exists(path + extra):
+            os.unlink(path + extra)
+    os.truncate(spath, mid.offset)
+    app2 = connect(path)
+    try:
+        assert row_count(path) == 50
+        app2.execute("INSERT INTO t (x) VALUES (randomblob(300))")
+        insert(app2, new_rows - 1, 300)
+        db2 = DB(path, checkpoint_interval=0)
+        r2 = Replica(db2, FileReplicaClient(replica_dir))
+        try:
+            pos = r2.sync_once()
+            assert pos.generation != mid.generation
+            assert "replica ahead of the shadow wal" in db2.generation_reasons
+            assert pos == db2.pos()
+            assert_restores_to(replica_dir, path, tmp_path)
+        finally:
+            db2.close()
+    finally:
+        app2.close()

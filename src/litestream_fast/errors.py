@@ -45,6 +45,12 @@ class CorruptObject(ReplicaError):
         self.reason = reason
 
 
+class ReplicaDiverged(ReplicaError):
+    """A replica holds WAL this database's shadow WAL does not: after a machine crash lost
+    the shadow's unsynced tail, possibly with the application's. The replicator answers
+    with a new generation, never by extending the diverged one."""
+
+
 class ObjectNotFound(ReplicaError, FileNotFoundError):
     """A replica object that should exist does not."""
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 from litestream_fast import compression, wal
 from litestream_fast.db import DB
-from litestream_fast.errors import LitestreamError, ReplicaError
+from litestream_fast.errors import LitestreamError, ReplicaDiverged, ReplicaError
 from litestream_fast.pos import Pos
 from litestream_fast.replica_client import ReplicaClient
 
@@ -103,6 +103,7 @@ class Replica:
             self.behind_since = time.time()
         if self.pos.generation != dbpos.generation:
             self.pos = self._init_generation(dbpos.generation)
+            dbpos = self.db.pos()  # a diverged replica moved the DB to a new generation
         elif self.pos < dbpos and self._snapshot_lost(dbpos.generation):
             log.error("replica lost the snapshot of generation %s (objects deleted?); starting "
                       "a new generation: db=%s replica=%s", dbpos.generation, self.db.path,
@@ -111,6 +112,9 @@ class Replica:
             self.db.sync()
             dbpos = self.db.pos()
             self.pos = self._init_generation(dbpos.generation)
+        if self.pos.generation == dbpos.generation and self.pos > dbpos:
+            self.pos = self._diverged(f"replica position {self.pos} is past the database's {dbpos}")
+            dbpos = self.db.pos()
         while self.pos < dbpos:
             if self.pos.generation != dbpos.generation:
                 break  # the DB started a new generation meanwhile: the next sync follows it
@@ -123,10 +127,11 @@ class Replica:
                 self.pos = self._snapshot_and_position(dbpos.generation)
                 continue
             if self.pos.offset > end:
-                raise ReplicaError(
-                    f"replica {self.name} position {self.pos} is past the local shadow wal "
-                    f"(size {end}); the replica holds data this database does not"
+                self.pos = self._diverged(
+                    f"replica position {self.pos} is past the local shadow wal (size {end})"
                 )
+                dbpos = self.db.pos()
+                continue
             if self.pos.offset == end:
                 if self.pos.index < dbpos.index:
                     self.pos = Pos(self.pos.generation, self.pos.index + 1, 0)
@@ -174,10 +179,26 @@ class Replica:
 
     # -------------------------------------------------------------- positions
 
+    def _diverged(self, why: str) -> Pos:
+        """The replica holds WAL the local shadow does not (``why``): the shadow WAL is not
+        fsynced, so a machine crash can cut its tail after that tail was uploaded, and the
+        application's own unsynced WAL may have lost it too. Extending this generation
+        would leave a gap or mix two histories; a new generation (with a snapshot) is the
+        answer. Returns the replica's position in it."""
+        log.warning("%s; starting a new generation: db=%s replica=%s", why, self.db.path,
+                    self.name)  # fmt: skip
+        self.db.new_generation("replica ahead of the shadow wal")
+        self.db.sync()
+        return self._init_generation(self.db.pos().generation)
+
     def _init_generation(self, generation: str) -> Pos:
         """Work out where this replica stands in ``generation`` (LISTs, maybe one GET);
-        snapshot if the generation has no snapshot yet."""
-        pos = self.calc_pos(generation)
+        snapshot if the generation has no snapshot yet. A replica that diverged from the
+        local shadow WAL moves to a new generation instead (``_diverged``)."""
+        try:
+            pos = self.calc_pos(generation)
+        except ReplicaDiverged as exc:
+            return self._diverged(str(exc))
         if not self.client.snapshots(generation):
             return self._snapshot_and_position(generation, pos)
         return pos
@@ -212,7 +233,7 @@ class Replica:
             with open(self.db.shadow_wal_path(last.index), "rb") as f:
                 mine = os.pread(f.fileno(), fs, end - fs)
             if tail != mine:
-                raise ReplicaError(f"replica object {key} does not match the local shadow wal")
+                raise ReplicaDiverged(f"replica object {key} does not match the local shadow wal")
         return Pos(generation, last.index, end)
 
     # -------------------------------------------------------------- snapshots

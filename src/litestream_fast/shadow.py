@@ -11,6 +11,11 @@ valid WAL by itself. Index N+1 starts when the live WAL restarts. At rest a shad
 ends exactly at a commit; while a sync copies a large transaction it may briefly hold a
 verified but uncommitted tail, which the sync (or ``ShadowWAL.open`` after a crash)
 truncates away. Uploads read only up to the committed size the DB reports.
+
+Appends are not fsynced (the tick's replica upload is what is made durable), so after a
+machine crash a shadow file may end earlier than it did: ``recover`` re-verifies it, the
+live WAL fills it again where it still can, and a replica left ahead of it starts a new
+generation.
 """
 
 from __future__ import annotations
