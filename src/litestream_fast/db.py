@@ -55,6 +55,13 @@ COPY_CHUNK = 8 << 20
 FIRST_COPY_READ = 64 << 10
 
 
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite all of ``data`` at ``offset`` (a regular file may take less in one call)."""
+    while len(data):
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
 def check_sqlite_version(version: str | None = None) -> None:
     """check_sqlite_version refuses SQLite older than 3.51.3 (WAL-reset corruption bug)."""
     version = version or apsw.sqlite_lib_version()
@@ -117,6 +124,7 @@ class DB:
         self.index = 0
         self._shadow: shadow.ShadowState | None = None
         self._buf: mmap.mmap | None = None
+        self._spath: tuple[tuple[str, int] | None, str] = (None, "")
         self._last_checkpoint = time.monotonic()
         self._synced_since_checkpoint = False
         self.last_error: str | None = None
@@ -362,7 +370,10 @@ class DB:
 
     def shadow_wal_path(self, index: int) -> str:
         assert self.generation
-        return shadow.shadow_path(self.meta_path, self.generation, index)
+        key = (self.generation, index)
+        if self._spath[0] != key:  # asked for several times per tick, almost always alike
+            self._spath = (key, shadow.shadow_path(self.meta_path, self.generation, index))
+        return self._spath[1]
 
     def shadow_committed_size(self, generation: str, index: int) -> int | None:
         """The committed size of a shadow WAL file: the live position for the current
@@ -536,8 +547,10 @@ class DB:
                 return "wal truncated by another process", None
             if sh.size > wal.WAL_HEADER_SIZE:
                 live = os.pread(fd, fs, sh.size - fs)
-                with open(spath, "rb") as f:
-                    mine = os.pread(f.fileno(), fs, sh.size - fs)
+                mine = sh.tail
+                if mine is None:
+                    with open(spath, "rb") as f:
+                        mine = os.pread(f.fileno(), fs, sh.size - fs)
                 if live != mine:
                     return "wal overwritten by another process", None
         finally:
@@ -586,8 +599,8 @@ class DB:
             if end <= sh.size:
                 return False
             pos, ck = sh.size, sh.checksum
-            commit_end, commit_ck = sh.size, sh.checksum
-            out = None
+            commit_end, commit_ck, commit_tail = sh.size, sh.checksum, sh.tail
+            out = -1
             try:
                 while pos < end:
                     want = min(step, end - pos)
@@ -599,37 +612,37 @@ class DB:
                     valid = r.valid_end - wal.WAL_HEADER_SIZE
                     if valid <= 0:
                         break
-                    if out is None:
-                        out = open(spath, "r+b")
-                        out.seek(sh.size)
-                        out.truncate()
-                    out.write(mv[wal.WAL_HEADER_SIZE : r.valid_end])
+                    if out < 0:
+                        out = os.open(spath, os.O_WRONLY)
+                        if os.fstat(out).st_size != sh.size:  # a failed copy's leftovers
+                            os.ftruncate(out, sh.size)
+                    _pwrite_all(out, mv[wal.WAL_HEADER_SIZE : r.valid_end], pos)
                     if r.commit_end > wal.WAL_HEADER_SIZE:
                         commit_end = pos + r.commit_end - wal.WAL_HEADER_SIZE
                         commit_ck = r.checksum
+                        commit_tail = bytes(mv[r.commit_end - fs : r.commit_end])
                     if valid < n:
+                        pos += valid
                         break
                     ck = wal.checksum_at(mv, hdr, r.valid_end)
                     pos += n
                     step = min(chunk, step * 2)
-                if out is not None:
-                    # No fsync: the shadow is a staging copy, uploaded (and made durable
-                    # by the replica) within the tick, and often deleted before
-                    # writeback reaches it. A machine crash may cut its tail; recovery
-                    # re-verifies every frame, and a replica left ahead of it starts a new
-                    # generation (Replica._diverged). Saves a third of the per-tick fsyncs.
-                    out.flush()
-                    if out.tell() != commit_end:
-                        out.truncate(commit_end)
+                # No fsync: the shadow is a staging copy, uploaded (and made durable by
+                # the replica) within the tick, and often deleted before writeback reaches
+                # it. A machine crash may cut its tail; recovery re-verifies every frame,
+                # and a replica left ahead of it starts a new generation
+                # (Replica._diverged). Saves a third of the per-tick fsyncs.
+                if out >= 0 and pos != commit_end:
+                    os.ftruncate(out, commit_end)  # only whole transactions stay
             finally:
-                if out is not None:
-                    out.close()
+                if out >= 0:
+                    os.close(out)
         finally:
             os.close(fd)
         if commit_end == sh.size:
             return False
         self.total_wal_bytes += commit_end - sh.size
-        self._shadow = shadow.ShadowState(hdr, commit_end, commit_ck)
+        self._shadow = shadow.ShadowState(hdr, commit_end, commit_ck, commit_tail)
         return True
 
     # ---------------------------------------------------------------- checkpoint

@@ -98,6 +98,9 @@ class ShadowState:
     header: wal.WalHeader
     size: int
     checksum: tuple[int, int]
+    #: The last frame (the one ending at ``size``) when the copy that wrote it kept it:
+    #: each sync compares it with the live WAL, and reading it back cost an open per tick.
+    tail: bytes | None = None
 
 
 def create(path: str, header: wal.WalHeader) -> ShadowState:

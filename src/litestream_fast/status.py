@@ -62,12 +62,17 @@ def _size(path: str) -> int:
 
 def publish(meta_path: str, state: dict[str, Any]) -> None:
     """publish writes ``state`` to ``<meta>/status.json`` atomically (temp + rename)."""
-    os.makedirs(meta_path, exist_ok=True)
     path = os.path.join(meta_path, STATUS_FILE)
     tmp = path + ".tmp"
-    doc = dict(state, pid=os.getpid(), updated_at=time.time())
-    with open(tmp, "w") as f:
-        json.dump(doc, f)
+    # json.dumps, not json.dump: only the one-shot form uses the C encoder.
+    doc = json.dumps(dict(state, pid=os.getpid(), updated_at=time.time()))
+    try:
+        f = open(tmp, "w")
+    except FileNotFoundError:
+        os.makedirs(meta_path, exist_ok=True)
+        f = open(tmp, "w")
+    with f:
+        f.write(doc)
     os.replace(tmp, path)
 
 

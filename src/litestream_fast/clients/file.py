@@ -35,25 +35,35 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def atomic_write(path: str, data: Payload) -> int:
+def _create(path: str) -> int:
+    """Open ``path`` for a new object, creating its directories only when they are missing
+    (the usual case, a segment in an existing directory, costs one open, not a makedirs)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    try:
+        return os.open(path, flags, 0o666)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o666)
+
+
+def atomic_write(path: str, data: Payload) -> os.stat_result:
     """atomic_write writes ``data`` to ``path`` via temp + fsync + rename + dir fsync.
 
-    Returns the number of bytes written.
+    Returns the written file's stat (size and mtime; a rename keeps both), taken before
+    the rename so no second lookup of the path is needed.
     """
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
     tmp = path + ".tmp"
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+        fd = _create(tmp)
         try:
             w = DirectWriter(fd)
             for chunk in iter_payload(data):
                 w.write(chunk)
             w.close()
             os.fsync(fd)
+            st = os.fstat(fd)
         finally:
             os.close(fd)
-        n = w.size
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -61,8 +71,8 @@ def atomic_write(path: str, data: Payload) -> int:
         except FileNotFoundError:
             pass
         raise
-    fsync_dir(directory)
-    return n
+    fsync_dir(os.path.dirname(path))
+    return st
 
 
 class FileReplicaClient:
@@ -128,9 +138,9 @@ class FileReplicaClient:
 
     def write_snapshot(self, generation: str, index: int, data: Payload) -> SnapshotInfo:
         path = naming.snapshot_path(self.root, generation, index)
-        n = atomic_write(path, data)
-        self._count("PUT", n)
-        return SnapshotInfo(generation, index, n, _mtime(os.stat(path)))
+        st = atomic_write(path, data)
+        self._count("PUT", st.st_size)
+        return SnapshotInfo(generation, index, st.st_size, _mtime(st))
 
     def delete_snapshot(self, generation: str, index: int) -> None:
         self._count("DELETE")
@@ -158,9 +168,9 @@ class FileReplicaClient:
 
     def write_wal_segment(self, pos: Pos, data: Payload) -> WALSegmentInfo:
         path = naming.wal_segment_path(self.root, pos.generation, pos.index, pos.offset)
-        n = atomic_write(path, data)
-        self._count("PUT", n)
-        return WALSegmentInfo(pos.generation, pos.index, pos.offset, n, _mtime(os.stat(path)))
+        st = atomic_write(path, data)
+        self._count("PUT", st.st_size)
+        return WALSegmentInfo(pos.generation, pos.index, pos.offset, st.st_size, _mtime(st))
 
     def delete_wal_segments(self, positions: list[Pos]) -> None:
         for p in positions:
