@@ -11,7 +11,6 @@ it (``directio.DirectWriter``): a replica object is written once and not read ba
 from __future__ import annotations
 
 import os
-import shutil
 from datetime import datetime, timezone
 from typing import BinaryIO
 
@@ -111,6 +110,8 @@ class FileReplicaClient:
 
     def delete_generation(self, generation: str) -> None:
         self._count("DELETE")
+        import shutil  # only for retention; its import costs every start-up 4 ms
+
         shutil.rmtree(naming.generation_dir(self.root, generation), ignore_errors=True)
 
     def _list(self, directory: str) -> list[tuple[str, os.stat_result]]:
