@@ -76,7 +76,13 @@ class ScratchBuffer:
         # resident at once; mapped pages cost memory only once written (a 4 MiB block
         # buffer that decodes 100 KB segments holds 100 KB), and go back to the kernel
         # when the buffer is dropped.
-        buf: bytearray | mmap.mmap = mmap.mmap(-1, n) if n >= MMAP_BYTES else bytearray(n)
+        if n < MMAP_BYTES:
+            buf: bytearray | mmap.mmap = bytearray(n)
+        else:
+            # A kept mapping is made as big as it may be kept: untouched pages cost
+            # nothing, and one sized to each new largest segment was remapped (and every
+            # page faulted in again) whenever a segment outgrew the last.
+            buf = mmap.mmap(-1, max(n, self._keep) if n <= self._keep else n)
         if n <= self._keep:
             self._buf = buf
         return memoryview(buf)
