@@ -291,6 +291,9 @@ class S3ReplicaClient:
             read_timeout=self.read_timeout,
             max_pool_connections=max(10, 2 * self.concurrency + 2),
             tcp_keepalive=True,
+            # Our requests are built here, not by users: botocore's check of each one
+            # against the model was 12% of a segment PUT's CPU (2.5 -> 2.2 ms).
+            parameter_validation=False,
             # Plain Content-Length bodies (no aws-chunked CRC trailers): what every
             # S3-compatible server understands.
             request_checksum_calculation="when_required",
