@@ -16,8 +16,8 @@ crash is as abrupt as ``kill -9`` from outside, but lands where a random kill ra
 * ``snapshot-before``: a snapshot's segments are uploaded, the snapshot is not;
 * ``segment-mid``: part of a WAL segment has been written to its ``.tmp`` object;
 * ``segment-after``: a segment is stored, the replica's position is not advanced;
-* ``shadow-copy``: new frames were appended to the shadow WAL, not yet fsynced (the
-  DB's position is not advanced);
+* ``shadow-copy``: new frames were appended to the shadow WAL (the DB's position is not
+  advanced);
 * ``new-generation``: the new generation is recorded, the old shadow not yet removed;
 * ``retention``: retention has deleted some, not all, of the objects it chose.
 
@@ -150,24 +150,13 @@ def install() -> None:
 
     FC.delete_wal_segments = delete_wal_segments
 
-    orig_copy = DB._copy_wal
+    orig_pwrite_all = dbmod._pwrite_all
 
-    def copy_wal(self):
-        _local.copying = True
-        try:
-            return orig_copy(self)
-        finally:
-            _local.copying = False
+    def pwrite_all(fd, data, offset):
+        orig_pwrite_all(fd, data, offset)  # only _copy_wal appends to the shadow WAL
+        hit("shadow-copy")
 
-    DB._copy_wal = copy_wal
-    orig_fsync = os.fsync
-
-    def fsync(fd):
-        if getattr(_local, "copying", False):
-            hit("shadow-copy")
-        return orig_fsync(fd)
-
-    dbmod.os.fsync = fsync  # the os module itself; only _copy_wal's fsync is a hit
+    dbmod._pwrite_all = pwrite_all
 
     orig_write_gen = shadow.write_generation
 
@@ -179,15 +168,20 @@ def install() -> None:
 
     from litestream_fast import restore as resmod
 
-    orig_decompress = resmod.decompress_stream
+    orig_decompress_to = resmod.decompress_to  # restore imported it by name
 
-    def decompress_stream(src, key, *a, **kw):
-        for i, chunk in enumerate(orig_decompress(src, key, *a, **kw)):
-            if i == 2 and key.endswith(".snapshot.lz4"):
+    def decompress_to(src, key, sink, *a, **kw):
+        blocks = [0]
+
+        def counting_sink(view):
+            sink(view)
+            blocks[0] += 1
+            if blocks[0] == 2 and key.endswith(".snapshot.lz4"):
                 hit("restore-snapshot")
-            yield chunk
 
-    resmod.decompress_stream = decompress_stream
+        return orig_decompress_to(src, key, counting_sink, *a, **kw)
+
+    resmod.decompress_to = decompress_to
     R = resmod._Restorer
     orig_apply = R.apply_index
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -334,6 +335,11 @@ def test_kill9_replicator_many_times(tmp_path):
                 now = time.monotonic()
                 if p.poll() is not None:
                     assert point, f"replicator exited by itself ({p.returncode}); see {log}"
+                    # Only its own SIGKILL counts: a crash-point run that failed to start
+                    # (say, a hook on a function that was renamed) must not pass for a hit.
+                    assert p.returncode == -signal.SIGKILL, (
+                        f"crash point {point}: exited with {p.returncode}, not killed; see {log}"
+                    )
                     stats["crash_points_hit"] += 1
                     break
                 if mode == "snapshot-tmp":
