@@ -82,7 +82,7 @@ class ScratchBuffer:
             # A kept mapping is made as big as it may be kept: untouched pages cost
             # nothing, and one sized to each new largest segment was remapped (and every
             # page faulted in again) whenever a segment outgrew the last.
-            buf = mmap.mmap(-1, max(n, self._keep) if n <= self._keep else n)
+            buf = mmap.mmap(-1, self._keep if n <= self._keep else n)
         if n <= self._keep:
             self._buf = buf
         return memoryview(buf)

@@ -9,8 +9,8 @@ Each shadow file starts with the 32-byte header of the live WAL it copies and th
 only whole committed transactions with their original salts and checksums, so it is a
 valid WAL by itself. Index N+1 starts when the live WAL restarts. At rest a shadow file
 ends exactly at a commit; while a sync copies a large transaction it may briefly hold a
-verified but uncommitted tail, which the sync (or ``ShadowWAL.open`` after a crash)
-truncates away. Uploads read only up to the committed size the DB reports.
+verified but uncommitted tail, which the sync (or ``recover`` after a crash) truncates
+away. Uploads read only up to the committed size the DB reports.
 
 Appends are not fsynced (the tick's replica upload is what is made durable), so after a
 machine crash a shadow file may end earlier than it did: ``recover`` re-verifies it, the
