@@ -102,6 +102,43 @@ def test_a_fast_writer_gets_busy_ticks_and_checkpoints_within_the_interval(tmp_p
     app.close()
 
 
+def test_a_waiting_monitor_wakes_when_someone_else_copied_a_checkpoints_worth(tmp_path):
+    """Under a fast writer the replica threads' syncs copy nearly every frame, so the
+    monitor's own tick finds little. Its wait must still end once the WAL copied by
+    anyone since the tick began reaches a checkpoint's worth, not after the interval."""
+    import threading
+
+    path = str(tmp_path / "db")
+    app = connect(path)
+    app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
+    cfg = DBConfig(path=path, monitor_interval=30.0, min_checkpoint_page_count=50,
+                   replicas=[ReplicaConfig(type="file", name="r", path=str(tmp_path / "r"))])
+    rep = Replicator.from_config([cfg])
+    m = rep.dbs[0]
+    m.monitor_once()  # opens the DB: the first snapshot's WAL is counted before `since`
+    since = m.db.total_wal_bytes
+    waiter = threading.Thread(target=m.wait_tick, args=(since,))
+    waiter.start()
+    try:
+        with app:
+            for _ in range(20):  # about 20 pages: under a checkpoint's worth
+                app.execute("INSERT INTO t (x) VALUES (randomblob(3000))")
+        m.db.sync()
+        waiter.join(1.0)
+        assert waiter.is_alive(), "woke before a checkpoint's worth was copied"
+        with app:
+            for _ in range(60):
+                app.execute("INSERT INTO t (x) VALUES (randomblob(3000))")
+        m.db.sync()  # as a replica thread does before an upload
+        waiter.join(5.0)
+        assert not waiter.is_alive(), "slept on although 80 pages were copied"
+    finally:
+        m._stop.set()
+        waiter.join()
+        m.db.close()
+        app.close()
+
+
 @pytest.mark.parametrize("replica_interval", [0.02, 30.0])
 def test_monitor_syncs_only_ticks_no_replica_synced(tmp_path, replica_interval):
     """A replica syncs the database right before each upload, so a monitor tick that

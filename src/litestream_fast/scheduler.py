@@ -104,13 +104,38 @@ class ManagedDB:
         except OSError as exc:
             self._errors.error("publish status failed: db=%s error=%s", self.db.path, exc)
 
+    def _busy_bytes(self) -> int:
+        return wal.calc_wal_size(self.db.page_size or 4096, self.db.min_checkpoint_page_count)
+
     def next_wait(self, copied: int) -> float:
-        """next_wait is the pause before the next tick, given the WAL bytes the last tick
-        copied: the monitor interval, or ``BUSY_TICK`` while the writer outpaces it."""
-        busy = wal.calc_wal_size(self.db.page_size or 4096, self.db.min_checkpoint_page_count)
-        if copied >= busy:
+        """next_wait is the pause before the next tick, given the WAL bytes copied since
+        the last tick began: the monitor interval, or ``BUSY_TICK`` while the writer
+        outpaces it."""
+        if copied >= self._busy_bytes():
             return min(self.db.monitor_interval, BUSY_TICK)
         return self.db.monitor_interval
+
+    def wait_tick(self, since: int) -> None:
+        """wait_tick waits for the next tick: ``next_wait`` of the WAL copied since
+        ``total_wal_bytes`` was ``since``, cut short once that reaches a checkpoint's worth.
+
+        The copies counted are anyone's, not only this thread's: each replica syncs
+        right before it uploads, so under a fast writer the replica threads copy nearly
+        every frame, the monitor's own sync finds little, and judging by that alone it
+        slept the whole interval while the WAL grew unchecked. Looking again every
+        ``BUSY_TICK`` costs a read of a counter.
+        """
+        wait = self.next_wait(self.db.total_wal_bytes - since)
+        if wait < self.db.monitor_interval:
+            self._stop.wait(wait)
+            return
+        busy = self._busy_bytes()
+        deadline = time.monotonic() + wait
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.db.total_wal_bytes - since >= busy:
+                return
+            self._stop.wait(min(left, BUSY_TICK))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -120,7 +145,7 @@ class ManagedDB:
             except Exception as exc:  # noqa: BLE001 - logged, retried next tick
                 self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
             self.publish_status()
-            self._stop.wait(self.next_wait(self.db.total_wal_bytes - before))
+            self.wait_tick(before)
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
         """stop halts the monitor, then each replica (with a final upload), then the DB."""
