@@ -45,6 +45,12 @@ log = logging.getLogger("litestream_fast.db")
 MIN_SQLITE_VERSION = (3, 51, 3)
 #: At most this many unlocked backfill rounds before a checkpoint's short write barrier.
 PHASE1_ROUNDS = 4
+#: A WAL this long goes to the write barrier after one unlocked round: a writer faster
+#: than our copy and backfill then waits for the checkpoint instead of growing the WAL
+#: without bound.
+PHASE1_MAX_WAL = 64 << 20
+#: How long a checkpoint under the write barrier retries while another checkpointer runs.
+BARRIER_RETRY_S = 0.1
 COPY_CHUNK = 8 << 20
 #: The first read of a copy. After a WAL restart the file keeps its old size and SQLite
 #: writes the new WAL over the old one from the start, so everything past our position
@@ -658,6 +664,35 @@ class DB:
         except FileNotFoundError:
             return 0
 
+    def wal_waiting(self, nbytes: int) -> bool:
+        """wal_waiting tells whether the live WAL holds at least ``nbytes`` of frames past
+        the shadow WAL's end, or has restarted since: the monitor's cheap look between
+        ticks, so a writer at full speed is answered within milliseconds, not after a
+        whole monitor interval (in which it wrote a GiB while the replica threads were
+        busy uploading and nobody copied).
+
+        Two small reads of the WAL: its header, and the frame header ``nbytes`` past our
+        position, whose salts are this WAL's once SQLite has written that far. Not the
+        file's size (it keeps its size across a restart) and not ``-shm``.
+        """
+        sh = self._shadow  # no lock: a replica's copy may hold it for a while; a stale
+        if sh is None:  # state only makes the answer late by one look
+            return False
+        fs = sh.header.frame_size
+        frames = max(1, nbytes // fs)
+        try:
+            fd = os.open(self.wal_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            raw = os.pread(fd, wal.WAL_HEADER_SIZE, 0)
+            head = os.pread(fd, 16, sh.size + (frames - 1) * fs)
+        finally:
+            os.close(fd)
+        if len(raw) == wal.WAL_HEADER_SIZE and raw != sh.header.raw:
+            return True
+        return len(head) == 16 and head[8:16] == sh.header.raw[16:24]
+
     def checkpoint_if_needed(self) -> str | None:
         """checkpoint_if_needed applies the v0.5 policy; returns the mode run, if any.
 
@@ -756,6 +791,27 @@ class DB:
         finally:
             os.close(fd)
 
+    def _run_checkpoint(self, mode: str, retry: bool) -> tuple[int, int]:
+        """SQLite's (busy, frames in the log) for one checkpoint; (1, -1) when busy.
+
+        PASSIVE never waits for another checkpointer: an application's auto-checkpoint
+        that started just before our write barrier made the whole barrier a waste (and,
+        at full write speed, let the WAL grow by another second of writes). Under the
+        barrier that checkpoint ends within milliseconds and no new one can start (it
+        runs after a commit), so ``retry`` tries again for up to ``BARRIER_RETRY_S``.
+        """
+        assert self._ckpt is not None
+        deadline = time.monotonic() + BARRIER_RETRY_S
+        while True:
+            try:
+                row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
+                return row[0], row[1]
+            except apsw.BusyError:
+                if not retry or time.monotonic() >= deadline:
+                    log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
+                    return 1, -1
+                time.sleep(0.002)
+
     def _checkpoint_locked(self, mode: str) -> bool:
         t0 = time.monotonic()
         if mode == "PASSIVE":
@@ -764,7 +820,14 @@ class DB:
             # in between), and backfill everything up to it. Writers go on; replicas can
             # read positions (we do not hold _lock while SQLite writes pages). Repeated
             # while writers added a lot meanwhile, so the barrier below stays short.
+            # A round only helps while each leaves less behind than the one before: a
+            # writer faster than our copy and backfill makes every round longer than the
+            # last, and the WAL (and the barrier that ends it) grew to a GiB. So a round
+            # that copied more than half as much as the previous one goes to the barrier,
+            # as does any after the first once the WAL holds ``PHASE1_MAX_WAL``: the
+            # barrier then throttles the writer to our pace instead.
             small = wal.calc_wal_size(self.page_size or 4096, self.min_checkpoint_page_count)
+            prev_grew = 0
             for attempt in range(PHASE1_ROUNDS):
                 with self._lock:
                     if not self.open():
@@ -776,6 +839,12 @@ class DB:
                         if self.pos().index == before_pos.index
                         else small
                     )
+                    assert self._shadow is not None
+                    if attempt > 0 and (
+                        grew < small or 2 * grew > prev_grew or self._shadow.size >= PHASE1_MAX_WAL
+                    ):
+                        break
+                    prev_grew = grew
                     self._move_read_pin()
                     ckpt = self._ckpt
                 assert ckpt is not None
@@ -783,8 +852,6 @@ class DB:
                     ckpt.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
                 except apsw.BusyError:
                     break  # another checkpointer (the application's) is at work
-                if grew < small and attempt > 0:
-                    break
         # Phase 2, short: under the write barrier only what committed during phase 1 is
         # left to copy and to backfill before the WAL may restart.
         with self._lock:
@@ -809,11 +876,7 @@ class DB:
                     self._sync_locked()  # seal what committed before the barrier
                 sealed_gen = self.generation
                 self._end_read()
-                try:
-                    row = self._ckpt.execute(f"PRAGMA wal_checkpoint({mode})").fetchall()[0]
-                    busy, nlog = row[0], row[1]
-                except apsw.BusyError:
-                    log.debug("checkpoint busy: db=%s mode=%s", self.path, mode)
+                busy, nlog = self._run_checkpoint(mode, retry=barrier)
             finally:
                 if barrier and not self._conn.get_autocommit():
                     self._conn.execute("ROLLBACK")

@@ -26,6 +26,8 @@ log = logging.getLogger("litestream_fast.scheduler")
 #: milliseconds; waiting the whole monitor interval would let the WAL grow by a second of
 #: writes and make each checkpoint (and its write barrier) as long.
 BUSY_TICK = 0.1
+#: Seconds between the monitor's looks at the live WAL while it waits (``wait_tick``).
+WAKE_POLL = 0.05
 
 
 class ManagedDB:
@@ -68,7 +70,7 @@ class ManagedDB:
         ]
         return cls(db, replicas)
 
-    def monitor_once(self) -> None:
+    def monitor_once(self, force_sync: bool = False) -> None:
         """monitor_once syncs the shadow WAL, checkpoints if the policy says so, and drops
         shadow files every replica has uploaded.
 
@@ -76,10 +78,11 @@ class ManagedDB:
         syncs right before it uploads, so with replicas on the monitor's interval (the
         usual setup) a second sync per tick copied and fsynced the frames that had come
         in since, for nothing. A replica in backoff or on a longer interval leaves ticks
-        without a sync, and then the monitor syncs, as before.
+        without a sync, and then the monitor syncs, as before. So does a tick the wait
+        cut short for WAL nobody has copied yet (``force_sync``).
         """
         self.monitor_ticks += 1
-        if self.db.synced_at <= self._looked_at:
+        if force_sync or self.db.synced_at <= self._looked_at:
             self.monitor_syncs += 1
             self.db.sync()
         self._looked_at = time.monotonic()
@@ -115,37 +118,45 @@ class ManagedDB:
             return min(self.db.monitor_interval, BUSY_TICK)
         return self.db.monitor_interval
 
-    def wait_tick(self, since: int) -> None:
+    def wait_tick(self, since: int) -> bool:
         """wait_tick waits for the next tick: ``next_wait`` of the WAL copied since
-        ``total_wal_bytes`` was ``since``, cut short once that reaches a checkpoint's worth.
+        ``total_wal_bytes`` was ``since``, cut short once a checkpoint's worth of WAL has
+        come in. Returns True when cut short because that WAL is still waiting in the
+        live WAL, uncopied, so the tick syncs it itself.
 
-        The copies counted are anyone's, not only this thread's: each replica syncs
-        right before it uploads, so under a fast writer the replica threads copy nearly
-        every frame, the monitor's own sync finds little, and judging by that alone it
-        slept the whole interval while the WAL grew unchecked. Looking again every
-        ``BUSY_TICK`` costs a read of a counter.
+        Two looks every ``WAKE_POLL``. The copies counted are anyone's: each replica
+        syncs right before it uploads, so under a fast writer the replica threads copy
+        nearly every frame and the monitor's own sync finds little. And the live WAL
+        itself (``DB.wal_waiting``): while the replica threads compress and upload a big
+        segment nobody copies, and judging by copies alone the monitor slept the whole
+        interval while the application wrote a GiB of WAL.
         """
         wait = self.next_wait(self.db.total_wal_bytes - since)
         if wait < self.db.monitor_interval:
             self._stop.wait(wait)
-            return
+            return False
         busy = self._busy_bytes()
         deadline = time.monotonic() + wait
         while not self._stop.is_set():
             left = deadline - time.monotonic()
             if left <= 0 or self.db.total_wal_bytes - since >= busy:
-                return
-            self._stop.wait(min(left, BUSY_TICK))
+                return False
+            if self._stop.wait(min(left, WAKE_POLL)):
+                return False
+            if self.db.is_open and self.db.wal_waiting(busy):
+                return True
+        return False
 
     def _run(self) -> None:
+        force_sync = False
         while not self._stop.is_set():
             before = self.db.total_wal_bytes
             try:
-                self.monitor_once()
+                self.monitor_once(force_sync)
             except Exception as exc:  # noqa: BLE001 - logged, retried next tick
                 self._errors.error("sync failed: db=%s error=%s", self.db.path, exc)
             self.publish_status()
-            self.wait_tick(before)
+            force_sync = self.wait_tick(before)
 
     def stop(self, final_sync: bool = True, timeout: float = 30.0) -> None:
         """stop halts the monitor, then each replica (with a final upload), then the DB."""
