@@ -112,8 +112,12 @@ def test_a_waiting_monitor_wakes_when_someone_else_copied_a_checkpoints_worth(tm
     path = str(tmp_path / "db")
     app = connect(path)
     app.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, x BLOB)")
-    cfg = DBConfig(path=path, monitor_interval=30.0, min_checkpoint_page_count=50,
-                   replicas=[ReplicaConfig(type="file", name="r", path=str(tmp_path / "r"))])
+    cfg = DBConfig(
+        path=path,
+        monitor_interval=30.0,
+        min_checkpoint_page_count=50,
+        replicas=[ReplicaConfig(type="file", name="r", path=str(tmp_path / "r"))],
+    )
     rep = Replicator.from_config([cfg])
     m = rep.dbs[0]
     m.monitor_once()  # opens the DB: the first snapshot's WAL is counted before `since`
