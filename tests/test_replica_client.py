@@ -454,3 +454,44 @@ def test_two_direct_writers_in_one_thread_do_not_share_a_stage(tmp_path):
         os.close(fd)
     assert (tmp_path / "a").read_bytes() == a
     assert (tmp_path / "b").read_bytes() == b
+
+
+@pytest.mark.parametrize("ns_per_byte", [0.2, 3.0])
+def test_a_probing_writer_goes_direct_only_where_the_page_cache_is_slow(
+    tmp_path, monkeypatch, ns_per_byte
+):
+    """A probing DirectWriter (a restored database) writes its first PROBE_BYTES buffered
+    and times them with the thread's CPU clock: at 0.2 ns a byte (warm memory) the whole
+    file stays buffered, at 3 ns (a VM's cold memory) the rest goes out with O_DIRECT where
+    the filesystem allows it. The content is exact either way."""
+    from litestream_fast import directio
+
+    clock = [0]
+    real = os.write
+    log: list[tuple[int, bool]] = []
+
+    def write(fd, data):
+        n = real(fd, data)
+        clock[0] += int(n * ns_per_byte)  # what the write cost, as the thread clock sees it
+        log.append((n, is_direct(fd)))
+        return n
+
+    monkeypatch.setattr(directio.os, "write", write)
+    monkeypatch.setattr(directio.time, "thread_time_ns", lambda: clock[0])
+    probe = 2 * directio.DIRECT_STAGE
+    data = random.Random(3).randbytes(5 * directio.DIRECT_STAGE + 999)
+    fd = os.open(str(tmp_path / "db"), os.O_WRONLY | os.O_CREAT, 0o600)
+    w = directio.DirectWriter(fd, probe=probe)
+    for i in range(0, len(data), 250_000):
+        w.write(data[i : i + 250_000])
+    w.close()
+    os.close(fd)
+    monkeypatch.undo()
+    assert (tmp_path / "db").read_bytes() == data
+    assert w.probed_ns_per_byte == pytest.approx(ns_per_byte, rel=0.01)
+    assert sum(n for n, _ in log[:2]) == probe and not any(d for _, d in log[:2])
+    direct = sum(n for n, d in log if d)
+    if ns_per_byte > directio.COLD_NS_PER_BYTE and direct_io_ok(str(tmp_path)):
+        assert direct == 3 * directio.DIRECT_STAGE  # all whole stages after the probe
+    else:
+        assert direct == 0

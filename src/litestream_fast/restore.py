@@ -53,9 +53,11 @@ segments, one shared pair for big ones, which decode one at a time; memory stays
 MiB per worker whatever the object sizes). The snapshot's path is a
 pipeline (``compression.decompress_to``): one thread reads each LZ4 block and decodes it
 into one of a few reused buffers with the compiled core (GIL released, content checksum
-updated in the same call), the fetching thread writes them in order, with O_DIRECT where
-the filesystem allows it (``directio``: on a VM whose free memory is cold, buffered
-writes of a 517 MiB database cost 1.6-1.9 s of system time, O_DIRECT 0.3 s), and every
+updated in the same call), the fetching thread writes them in order, through the page
+cache where filling it is cheap (the integrity check and the application read the pages
+back at once), else with O_DIRECT where the filesystem allows it (``directio``'s probe:
+on a VM whose free memory is cold, buffered writes of a 517 MiB database cost 1.6-1.9 s
+of system time, O_DIRECT 0.3 s), and every
 ``FLUSH_BYTES`` a background ``fdatasync`` keeps the disk writing while decoding goes on,
 so the final fsync has only the tail left. Indexes are applied in
 order as they complete: the index file becomes ``<tmp>-wal``, is verified, and SQLite
@@ -90,7 +92,7 @@ from typing import Any, BinaryIO
 
 import apsw
 
-from litestream_fast import wal
+from litestream_fast import directio, wal
 from litestream_fast.compression import (
     BLOCK_SIZE,
     ScratchBuffer,
@@ -98,7 +100,6 @@ from litestream_fast.compression import (
     decompress_to,
     read_into,
 )
-from litestream_fast.directio import DirectWriter
 from litestream_fast.errors import (
     CorruptObject,
     IntegrityCheckFailed,
@@ -624,7 +625,9 @@ class _Restorer:
             with self.client.snapshot_reader(self.plan.generation, snap.index) as src:
                 fd = os.open(self.tmp, os.O_WRONLY | os.O_TRUNC)
                 flusher = _Flusher(fd)
-                out = DirectWriter(fd)
+                # Probing: the check and the application read these pages back at once,
+                # so they stay in the page cache unless filling it proves slow here.
+                out = directio.DirectWriter(fd, probe=directio.PROBE_BYTES)
 
                 def write(block: memoryview) -> None:
                     try:
@@ -646,6 +649,12 @@ class _Restorer:
         except OSError as exc:
             raise ReplicaError(f"read {key}: {exc}") from exc
         n = out.size
+        if out.probed_ns_per_byte is not None:
+            log.debug(
+                "snapshot write: page cache %.2f ns/byte, %s",
+                out.probed_ns_per_byte,
+                "O_DIRECT" if out.probed_ns_per_byte > directio.COLD_NS_PER_BYTE else "buffered",
+            )
         if n < 100:
             raise CorruptObject(key, f"snapshot is {n} bytes, too short for a SQLite database")
         with open(self.tmp, "rb") as f:
@@ -787,8 +796,8 @@ class _Restorer:
         """Integrity check, WAL journal mode, fsync; returns the database size.
 
         The fsync runs in a thread while SQLite checks the file, so the check costs no wall
-        time beyond whichever of the two is longer. (The check reads the snapshot's pages
-        from the disk, as they were written with O_DIRECT; a POSIX_FADV_WILLNEED read-ahead
+        time beyond whichever of the two is longer. (Where the snapshot went out with
+        O_DIRECT, the check reads its pages from the disk; a POSIX_FADV_WILLNEED read-ahead
         in a thread beside it made a cold 517 MiB restore slower, 1.3-1.7 s against
         1.0-1.2 s.)
         """
