@@ -617,3 +617,50 @@ def test_replica_ahead_of_a_crashed_shadow_and_wal_starts_new_generation(env, tm
             db2.close()
     finally:
         app2.close()
+
+
+@pytest.mark.parametrize("writer", ["commits-meanwhile", "holds-the-lock"])
+def test_the_pin_after_a_checkpoint_survives_a_busy_writer(env, tmp_path, monkeypatch, writer):
+    """After its checkpoint the replicator writes one frame and pins the new WAL with a
+    read transaction. That write may wait on the application's commits (up to
+    busy_timeout): the application must not restart the WAL twice meanwhile, so a reader
+    is held while it waits. "commits-meanwhile": during the wait the application commits
+    (a restart), checkpoints and commits again; with no reader held its checkpoint
+    backfilled everything and the second commit restarted the WAL over the first's frames.
+    "holds-the-lock": the write fails busy; the checkpoint still succeeds and the next sync
+    pins. Either way the generation goes on and the replica restores exactly."""
+    app, db, r, replica_dir, path = env
+    insert(app, 100)
+    r.sync_once()
+    gen = db.generation
+    run_checkpoint, bump = DB._run_checkpoint, DB._bump_seq
+    armed: list[bool] = []
+    app_ckpt: list[tuple] = []
+
+    def run_checkpoint_then_arm(self, mode, retry):
+        result = run_checkpoint(self, mode, retry)
+        armed.append(True)
+        return result
+
+    def bump_after_the_application(self):
+        if armed:
+            armed.clear()
+            if writer == "holds-the-lock":
+                raise apsw.BusyError("database is locked")
+            insert(app, 20)  # restarts the fully checkpointed WAL
+            app_ckpt.append(app.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()[0])
+            insert(app, 5)  # restarts it again if that checkpoint backfilled everything
+        return bump(self)
+
+    monkeypatch.setattr(DB, "_run_checkpoint", run_checkpoint_then_arm)
+    monkeypatch.setattr(DB, "_bump_seq", bump_after_the_application)
+    assert db.checkpoint("PASSIVE")
+    if writer == "commits-meanwhile":
+        # (busy, frames in the WAL, frames backfilled): our reader held off its backfill
+        assert app_ckpt and app_ckpt[0][2] < app_ckpt[0][1]
+    insert(app, 30)
+    pos = r.sync_once()
+    r.sync_once()
+    monkeypatch.undo()
+    assert pos.generation == gen and list(db.generation_reasons) == ["no generation exists"]
+    assert_restores_to(replica_dir, path, tmp_path)

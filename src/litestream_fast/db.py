@@ -273,11 +273,9 @@ class DB:
 
         Returns False, to be tried again next sync, while a writer holds the lock."""
         try:
-            self._bump_seq()
+            self._move_read_pin()  # the old read transaction holds until the new one starts
         except apsw.BusyError:
             return False
-        self._end_read()
-        self._begin_read()
         self._need_pin = False
         return True
 
@@ -886,11 +884,18 @@ class DB:
                         time.monotonic() - t_barrier,
                     )
             # A write now restarts the WAL if it was fully checkpointed; our read
-            # transaction then pins the new WAL.
+            # transaction then pins the new WAL. The reader comes first: our write may
+            # wait up to busy_timeout on the application's commits, and a reader held
+            # meanwhile (read mark 0 on a fully backfilled WAL, which holds off every
+            # other backfill) lets the application restart the WAL at most once, which
+            # the next sync copies. With none, a writer at full speed could restart,
+            # fill, checkpoint and restart again before we looked: a new generation.
+            self._begin_read()
             try:
-                self._bump_seq()
-            finally:
-                self._begin_read()
+                self._move_read_pin()
+            except apsw.BusyError:
+                log.debug("checkpoint: db=%s pin deferred, a writer holds the lock", self.path)
+                self._need_pin = True  # the next sync pins; the reader above holds meanwhile
             self.checkpoint_count[mode] = self.checkpoint_count.get(mode, 0) + 1
             self._last_checkpoint = time.monotonic()
             self._synced_since_checkpoint = False
